@@ -1,0 +1,31 @@
+"""Exceptions the engine raises; only `cli.main` and the service map them to exit codes.
+
+- `InputError`: something the user can fix. Its message is the one line they see and names the
+  file, frame or setting. Exit code 2.
+- `Cancelled`: the user or the service cancelled the job. Exit code 130.
+- anything else is an internal error: exit code 1, traceback to the log file.
+"""
+
+from __future__ import annotations
+
+
+class RNAError(Exception):
+    """Base class of the engine's own errors."""
+
+
+class InputError(RNAError):
+    """Bad input: a file, frame or setting the user can fix (exit code 2)."""
+
+
+class Cancelled(RNAError):
+    """The job was cancelled (exit code 130)."""
+
+
+class FitDiverged(RNAError):
+    """The optimiser produced NaN/Inf; the fit stops rather than writing garbage (exit code 1)."""
+
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INPUT = 2
+EXIT_CANCELLED = 130

@@ -1,0 +1,431 @@
+"""Validated, frozen settings for every stage, the named presets, and the build spec.
+
+`build.json` is `dataclasses.asdict(BuildSpec)`; `load_spec` reads it back and validates it.
+A bare number in stage code is a missing setting: add it here with its unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_type_hints
+
+from .errors import InputError
+
+PresetName = Literal["draft", "standard", "final"]
+
+
+def _require(cond: bool, name: str, why: str) -> None:
+    if not cond:
+        raise InputError(f"setting {name}: {why}")
+
+
+@dataclass(frozen=True)
+class HashGridSettings:
+    """Multiresolution hash encoding (ALGORITHM.md §1.4; tinycudann's parameter layout)."""
+
+    n_levels: int = 16
+    """Number of resolution levels."""
+    n_features_per_level: int = 2
+    """Features stored per level."""
+    log2_hashmap_size: int = 15
+    """log2 of the entries per level (hashed levels)."""
+    base_resolution: int = 16
+    """Cells across the coarsest level."""
+    per_level_scale: float = 1.25
+    """Growth factor of the resolution from one level to the next."""
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.n_levels <= 32, "hash_grid.n_levels", "must be in 1..32")
+        _require(self.n_features_per_level in (1, 2, 4, 8), "hash_grid.n_features_per_level",
+                 "must be 1, 2, 4 or 8")
+        _require(10 <= self.log2_hashmap_size <= 24, "hash_grid.log2_hashmap_size",
+                 "must be in 10..24")
+        _require(self.base_resolution >= 2, "hash_grid.base_resolution", "must be >= 2")
+        _require(self.per_level_scale >= 1.0, "hash_grid.per_level_scale", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Reading the plate and ROI (DESIGN.md §3.1)."""
+
+    working_long_side: int = 768
+    """Long side of the working resolution in pixels (the fit runs there; the bake does not)."""
+    colour: Literal["auto", "scene_linear", "display"] = "auto"
+    """Plate encoding: auto (EXR/DPX/float TIFF are scene-linear, 8/16-bit images display)."""
+    ocio_config: str = ""
+    """OCIO config path or `ocio://` URI; empty: $OCIO, else the pinned built-in config."""
+
+    def __post_init__(self) -> None:
+        _require(32 <= self.working_long_side <= 8192, "ingest.working_long_side",
+                 "must be in 32..8192")
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Correspondences (ALGORITHM.md §3)."""
+
+    backend: Literal["dis", "raft"] = "dis"
+    """Optical-flow backend: OpenCV DIS (no weights) or torchvision RAFT (installed weights)."""
+    appearance: Literal["descriptor", "dino"] = "descriptor"
+    """Appearance test: weight-free local descriptor or DINO (installed weights)."""
+    adjacent_cycle_px: float = 1.0
+    """Forward-backward cycle error threshold for adjacent pairs, working-resolution pixels."""
+    reference_cycle_px: float = 5.0
+    """Cycle error threshold for hops of the reference chains, pixels."""
+    max_hops: int = 9
+    """Longest hop of a reference chain in frames (plus the direct flow beyond it)."""
+    appearance_threshold: float = 0.5
+    """Minimum appearance similarity (cosine) of a match."""
+    direct_appearance_threshold: float = 0.6
+    """Minimum appearance similarity of a direct long-range flow."""
+    dis_preset: Literal["fast", "medium", "ultrafast"] = "medium"
+    """OpenCV DIS preset before our quality overrides."""
+
+    def __post_init__(self) -> None:
+        _require(self.adjacent_cycle_px > 0, "flow.adjacent_cycle_px", "must be > 0")
+        _require(self.reference_cycle_px > 0, "flow.reference_cycle_px", "must be > 0")
+        _require(1 <= self.max_hops <= 30, "flow.max_hops", "must be in 1..30")
+        _require(-1 <= self.appearance_threshold <= 1, "flow.appearance_threshold",
+                 "must be in -1..1")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Loss weights (ALGORITHM.md §2.2); defaults are the authors'."""
+
+    rgb: float = 1.0
+    """Reconstruction (Eq. 3)."""
+    bootstrap: float = 0.6
+    """BCE against the bootstrap masks, first `FitSettings.bootstrap_fraction` of the fit."""
+    ref_mask: float = 0.4
+    """BCE on reference-frame samples (Eq. 7, term 1)."""
+    ref_flow_alpha: float = 0.8
+    """Mask consistency with the reference-frame match (Eq. 7, term 2)."""
+    flow_alpha: float = 0.8
+    """Mask consistency with adjacent-frame matches (Eq. 7, term 3)."""
+    ref_optical_flow: float = 0.02
+    """UV correspondence with the reference frame (Eq. 6, first term)."""
+    optical_flow: float = 0.1
+    """UV correspondence with adjacent frames (Eq. 6, second term)."""
+    rigidity: float = 0.002
+    """Rigidity (Eq. 4)."""
+    position: float = 0.6
+    """Position (Eq. 5)."""
+    residual_reg: float = 0.8
+    """Illumination regulariser (Eq. 8)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Joint atlas estimation (ALGORITHM.md §2, §4)."""
+
+    pretrain_steps: int = 2000
+    """Identity pre-training steps of the UV mapping T."""
+    iterations: int = 60_000
+    """Joint-fit steps."""
+    batch_size: int = 10_000
+    """Pixels sampled per step."""
+    reference_fraction: float = 0.1
+    """Share of each batch forced onto the reference frame (stratified sampling)."""
+    roi_fraction: float = 0.4
+    """Share of each batch drawn from the ROI's neighbourhood (bootstrap masks dilated)."""
+    bootstrap_fraction: float = 1 / 6
+    """Fraction of the fit during which the bootstrap BCE is on (10 k of 60 k in the paper)."""
+    lr_mlp: float = 5e-4
+    """Adam learning rate of the MLP weights."""
+    lr_hash: float = 5e-2
+    """Adam learning rate of the hash tables."""
+    lr_decay: float = 0.1
+    """Final learning rate as a fraction of the initial one (cosine decay; 1 = constant)."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    """Loss weights."""
+    rigidity_delta_px: float = 1.0
+    """Finite-difference offset of the rigidity Jacobian, working pixels (Eq. 15)."""
+    position_set: Literal["roi", "frame"] = "roi"
+    """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
+    hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
+    """Hash grid of the atlas A and the mask M."""
+    mapping_width: int = 256
+    """Width of the UV mapping MLP T."""
+    atlas_width: int = 64
+    """Width of the atlas MLP A."""
+    mask_width: int = 32
+    """Width of the mask MLP M."""
+    shade_width: int = 64
+    """Width of the illumination MLP S."""
+    encoding_backend: Literal["auto", "torch", "triton", "tcnn"] = "auto"
+    """Hash-grid implementation; all compute the same function on the same parameters."""
+    compile: Literal["auto", "off", "graph"] = "auto"
+    """Step capture on CUDA: auto/graph captures the step as a CUDA graph; off runs eagerly."""
+    scale_with_shot: bool = True
+    """Scale step counts with frame count (reference 70 frames)."""
+    log_every: int = 200
+    """Steps between loss read-backs (the only host syncs in the loop)."""
+    checkpoint_every: int = 2000
+    """Steps between checkpoints under work/."""
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "fit.iterations", "must be >= 1")
+        _require(self.pretrain_steps >= 0, "fit.pretrain_steps", "must be >= 0")
+        _require(64 <= self.batch_size <= 4_000_000, "fit.batch_size", "must be in 64..4000000")
+        _require(0 <= self.reference_fraction < 1, "fit.reference_fraction", "must be in [0,1)")
+        _require(0 <= self.roi_fraction < 1, "fit.roi_fraction", "must be in [0,1)")
+        _require(self.reference_fraction + self.roi_fraction < 1, "fit.roi_fraction",
+                 "reference_fraction + roi_fraction must be < 1")
+        _require(self.lr_mlp > 0 and self.lr_hash > 0, "fit.lr_mlp", "learning rates must be > 0")
+        _require(0 < self.lr_decay <= 1, "fit.lr_decay", "must be in (0,1]")
+        _require(self.rigidity_delta_px > 0, "fit.rigidity_delta_px", "must be > 0")
+        _require(self.log_every >= 1, "fit.log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 1, "fit.checkpoint_every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Mask refinement, M only (ALGORITHM.md §5)."""
+
+    iterations: int = 20_000
+    """Refinement steps."""
+    colour_threshold: float = 0.025
+    """ε: mean-abs RGB error (working encoding, 0..1) under which a pixel is 'not occluded'."""
+    weight_refine: float = 0.01
+    """λ_a of Eq. 10."""
+    weight_flow_alpha: float = 0.1
+    """λ_b of Eq. 10 (adjacent mask consistency)."""
+    lr_hash: float = 5e-2
+    """Adam learning rate of M's hash table."""
+    lr_mlp: float = 5e-4
+    """Adam learning rate of M's MLP."""
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 0, "refine.iterations", "must be >= 0")
+        _require(self.colour_threshold > 0, "refine.colour_threshold", "must be > 0")
+
+
+@dataclass(frozen=True)
+class MatteSettings:
+    """Soft matte from the refined mask (ALGORITHM.md §6)."""
+
+    backend: Literal["guided", "vitmatte"] = "guided"
+    """Matting: weight-free guided-filter matting, or ViTMatte (installed weights)."""
+    band_px: float = 3.0
+    """Width of the trimap's unknown band at working resolution, pixels (scaled to the plate)."""
+    guided_radius_px: int = 4
+    """Guided-filter radius at plate resolution, pixels."""
+    guided_eps: float = 1e-3
+    """Guided-filter regularisation."""
+    temporal_weight: float = 0.5
+    """Blend of the previous frame's matte (warped by the fitted UVs) into the current one."""
+
+    def __post_init__(self) -> None:
+        _require(self.band_px >= 0, "matte.band_px", "must be >= 0")
+        _require(self.guided_radius_px >= 1, "matte.guided_radius_px", "must be >= 1")
+        _require(0 <= self.temporal_weight < 1, "matte.temporal_weight", "must be in [0,1)")
+
+
+@dataclass(frozen=True)
+class BakeSettings:
+    """Writing the cache at plate resolution (DESIGN.md §4)."""
+
+    atlas_scale: float = 1.0
+    """Atlas raster size as a multiple of the plate format."""
+    tile_px: int = 512
+    """Tile edge used when querying the fields at plate resolution."""
+    margin_px: int = 16
+    """Data-window margin around the ROI's bounding box, plate pixels."""
+    compression: Literal["zips", "zip", "piz"] = "zips"
+    """Lossless EXR compression of the passes."""
+
+    def __post_init__(self) -> None:
+        _require(0.25 <= self.atlas_scale <= 4, "bake.atlas_scale", "must be in 0.25..4")
+        _require(self.tile_px >= 32, "bake.tile_px", "must be >= 32")
+        _require(self.margin_px >= 0, "bake.margin_px", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Every stage's settings; presets are named overrides of these defaults."""
+
+    preset: PresetName = "standard"
+    """The preset these settings started from (informational)."""
+    seed: int = 0
+    """Seed of every random choice."""
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    fit: FitSettings = field(default_factory=FitSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    matte: MatteSettings = field(default_factory=MatteSettings)
+    bake: BakeSettings = field(default_factory=BakeSettings)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "draft": {
+        "ingest": {"working_long_side": 384},
+        "fit": {"pretrain_steps": 300, "iterations": 3000, "batch_size": 8192,
+                "checkpoint_every": 500, "log_every": 100},
+        "refine": {"iterations": 600},
+    },
+    "standard": {
+        "fit": {"pretrain_steps": 1000, "iterations": 12_000, "batch_size": 32_768},
+        "refine": {"iterations": 3000},
+    },
+    "final": {
+        "fit": {"pretrain_steps": 2000, "iterations": 40_000, "batch_size": 65_536},
+        "refine": {"iterations": 10_000},
+    },
+}
+"""Named overrides. `standard` trades the paper's 60 k × 10 k samples for fewer, larger,
+stratified batches (ALGORITHM.md §9); `final` spends more for the last decibels."""
+
+T = TypeVar("T")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types by name."""
+    if not isinstance(data, dict):
+        raise InputError(f"setting {prefix.rstrip('.') or cls.__name__}: expected a mapping")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"setting {prefix}{unknown[0]}: unknown setting")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")  # type: ignore[arg-type]
+            continue
+        kwargs[key] = _coerce(hint, value, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise InputError(f"setting {prefix.rstrip('.')}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise InputError(f"setting {name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"setting {name}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"setting {name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"setting {name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(f"setting {name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_settings(preset: str = "standard", overrides: dict[str, Any] | None = None) -> BuildSettings:
+    """Defaults, then the named preset, then `overrides` (nested dicts), validated."""
+    if preset not in PRESETS:
+        raise InputError(f"setting preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    merged = _merge({"preset": preset}, PRESETS[preset])
+    merged = _merge(merged, overrides or {})
+    return from_dict(BuildSettings, merged)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: the contents of `build.json` (DESIGN.md §4), relocatable.
+
+    Relative paths are resolved against `root` (a job root; the spec file's folder by default),
+    so a spec moves with its shot and farm path mapping only has to rewrite `root`.
+    """
+
+    plate: str
+    """Plate sequence pattern (`name.####.exr`, `name.%04d.exr`, `name.@.exr`) or file."""
+    roi: str
+    """ROI matte: an image or a sequence pattern (its frame at the reference frame is used)."""
+    reference_frame: int
+    """Plate frame number the atlas is aligned with (the ROI must be unoccluded there)."""
+    frames: str = ""
+    """Frame range (`1001-1100`, `1-10x2`); empty: every frame found."""
+    holdout: str = ""
+    """Optional holdout matte sequence: where it is 1 the soft matte is forced to 0."""
+    roi_channel: str = "A"
+    """Channel of the ROI image holding the matte (falls back to the first channel)."""
+    holdout_channel: str = "A"
+    """Channel of the holdout image holding the matte."""
+    out: str = "rna_cache"
+    """Cache root; the build goes to `<out>/<name>/v###/`."""
+    name: str = "shot"
+    """Build name (folder under the cache root)."""
+    version: int = 0
+    """Cache version to write; 0 = the next free version (or resume an unfinished one)."""
+    device: str = "auto"
+    """`auto`, `cpu` or `cuda:N`."""
+    settings: BuildSettings = field(default_factory=BuildSettings)
+    root: str = ""
+    """Folder relative paths are resolved against ('' = current directory)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.plate), "plate", "is empty")
+        _require(bool(self.roi), "roi", "is empty")
+        _require(self.version >= 0, "version", "must be >= 0")
+        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                 "name", "must be a plain folder name")
+
+    def resolve(self, path: str) -> Path:
+        """`path` made absolute against `root`."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or not self.root:
+            return p
+        return Path(self.root) / p
+
+
+def spec_to_dict(spec: BuildSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: dict[str, Any]) -> BuildSpec:
+    """Validate a spec mapping; `settings` may be partial: preset first, then its other keys."""
+    if not isinstance(data, dict):
+        raise InputError("build spec: expected a mapping")
+    data = dict(data)
+    raw = data.pop("settings", None) or {}
+    if not isinstance(raw, dict):
+        raise InputError("setting settings: expected a mapping")
+    raw = dict(raw)
+    settings = build_settings(str(raw.pop("preset", "standard")), raw)
+    spec = from_dict(BuildSpec, data)
+    return dataclasses.replace(spec, settings=settings)
+
+
+def load_spec(path: Path) -> BuildSpec:
+    """Read and validate a `build.json`; relative paths resolve against its folder."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: build spec not found") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable JSON build spec ({err})") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: build spec must be a JSON object")
+    if not data.get("root"):
+        data["root"] = str(Path(path).resolve().parent)
+    return spec_from_dict(data)
