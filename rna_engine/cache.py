@@ -43,7 +43,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -117,8 +119,11 @@ def version_dirs(build_dir: Path) -> list[Path]:
     """Existing `v###` folders of a build, oldest first."""
     if not build_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in build_dir.iterdir()
-             if p.is_dir() and (m := _VERSION_RE.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in build_dir.iterdir()
+        if p.is_dir() and (m := _VERSION_RE.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -144,8 +149,10 @@ def choose_version(cache_root: Path, name: str, version: int, build_hash: str) -
         paths = BuildPaths(build_dir / f"v{version:03d}")
         status = read_status(paths)
         if status and status.get("state") == "done" and status.get("build_hash") != build_hash:
-            raise InputError(f"{paths.root}: version v{version:03d} is a finished build of other "
-                             "settings; choose another version")
+            raise InputError(
+                f"{paths.root}: version v{version:03d} is a finished build of other "
+                "settings; choose another version"
+            )
         return paths
     for folder in reversed(existing):
         paths = BuildPaths(folder)

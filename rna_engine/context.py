@@ -36,7 +36,8 @@ def resolve_device(name: str) -> str:
             raise InputError(f"setting device: {name} requested but CUDA is not available")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise InputError(f"setting device: {name} does not exist "
-                             f"({torch.cuda.device_count()} CUDA devices)")
+            raise InputError(
+                f"setting device: {name} does not exist ({torch.cuda.device_count()} CUDA devices)"
+            )
         return f"cuda:{index}"
     raise InputError(f"setting device: {name!r} is not auto, cpu or cuda:N")

@@ -39,10 +39,14 @@ class HashGridSettings:
 
     def __post_init__(self) -> None:
         _require(1 <= self.n_levels <= 32, "hash_grid.n_levels", "must be in 1..32")
-        _require(self.n_features_per_level in (1, 2, 4, 8), "hash_grid.n_features_per_level",
-                 "must be 1, 2, 4 or 8")
-        _require(10 <= self.log2_hashmap_size <= 24, "hash_grid.log2_hashmap_size",
-                 "must be in 10..24")
+        _require(
+            self.n_features_per_level in (1, 2, 4, 8),
+            "hash_grid.n_features_per_level",
+            "must be 1, 2, 4 or 8",
+        )
+        _require(
+            10 <= self.log2_hashmap_size <= 24, "hash_grid.log2_hashmap_size", "must be in 10..24"
+        )
         _require(self.base_resolution >= 2, "hash_grid.base_resolution", "must be >= 2")
         _require(self.per_level_scale >= 1.0, "hash_grid.per_level_scale", "must be >= 1")
 
@@ -59,8 +63,9 @@ class IngestSettings:
     """OCIO config path or `ocio://` URI; empty: $OCIO, else the pinned built-in config."""
 
     def __post_init__(self) -> None:
-        _require(32 <= self.working_long_side <= 8192, "ingest.working_long_side",
-                 "must be in 32..8192")
+        _require(
+            32 <= self.working_long_side <= 8192, "ingest.working_long_side", "must be in 32..8192"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,69 @@ class FlowSettings:
     """Minimum appearance similarity of a direct long-range flow."""
     dis_preset: Literal["fast", "medium", "ultrafast"] = "medium"
     """OpenCV DIS preset before our quality overrides."""
+    dis_finest_scale: int = 0
+    """Finest DIS pyramid level (0 = full working resolution, 1 = half, ...)."""
+    dis_patch_size_px: int = 8
+    """DIS patch edge, pixels of the pyramid level."""
+    dis_patch_stride_px: int = 3
+    """Distance between neighbouring DIS patches, pixels (smaller: denser, slower)."""
+    dis_gradient_descent_iterations: int = 25
+    """Inverse-search iterations per DIS patch and level."""
+    dis_variational_iterations: int = 5
+    """Variational refinement iterations per DIS level (0 disables the refinement)."""
+    raft_iterations: int = 20
+    """RAFT recurrent flow updates per pair."""
+    batch_pairs: int = 8
+    """Frame pairs per learned-model batch (each pair runs in both directions)."""
+    descriptor_radius_px: int = 3
+    """Half-width of the weight-free descriptor's square patch, pixels (patch = 2r+1)."""
+    descriptor_structure_floor: float = 1e-3
+    """Patch variance (per channel, working encoding²) under which texture stops counting, so
+    flat patches compare by colour alone (the descriptor test's regulariser)."""
+    descriptor_colour_tolerance: float = 0.1
+    """Mean-colour difference (RMS over channels, working encoding 0..1) that scales the
+    descriptor similarity by exp(-1/2)."""
+    bootstrap_sampling: Literal["nearest", "bilinear"] = "bilinear"
+    """How the reference ROI is pulled back: nearest pixel, or bilinear > 0.5."""
 
     def __post_init__(self) -> None:
         _require(self.adjacent_cycle_px > 0, "flow.adjacent_cycle_px", "must be > 0")
         _require(self.reference_cycle_px > 0, "flow.reference_cycle_px", "must be > 0")
         _require(1 <= self.max_hops <= 30, "flow.max_hops", "must be in 1..30")
-        _require(-1 <= self.appearance_threshold <= 1, "flow.appearance_threshold",
-                 "must be in -1..1")
+        _require(
+            -1 <= self.appearance_threshold <= 1, "flow.appearance_threshold", "must be in -1..1"
+        )
+        _require(
+            -1 <= self.direct_appearance_threshold <= 1,
+            "flow.direct_appearance_threshold",
+            "must be in -1..1",
+        )
+        _require(0 <= self.dis_finest_scale <= 6, "flow.dis_finest_scale", "must be in 0..6")
+        _require(4 <= self.dis_patch_size_px <= 32, "flow.dis_patch_size_px", "must be in 4..32")
+        _require(
+            1 <= self.dis_patch_stride_px <= self.dis_patch_size_px,
+            "flow.dis_patch_stride_px",
+            "must be in 1..dis_patch_size_px",
+        )
+        _require(
+            self.dis_gradient_descent_iterations >= 1,
+            "flow.dis_gradient_descent_iterations",
+            "must be >= 1",
+        )
+        _require(
+            self.dis_variational_iterations >= 0, "flow.dis_variational_iterations", "must be >= 0"
+        )
+        _require(self.raft_iterations >= 1, "flow.raft_iterations", "must be >= 1")
+        _require(self.batch_pairs >= 1, "flow.batch_pairs", "must be >= 1")
+        _require(
+            1 <= self.descriptor_radius_px <= 16, "flow.descriptor_radius_px", "must be in 1..16"
+        )
+        _require(
+            self.descriptor_structure_floor > 0, "flow.descriptor_structure_floor", "must be > 0"
+        )
+        _require(
+            self.descriptor_colour_tolerance > 0, "flow.descriptor_colour_tolerance", "must be > 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -173,8 +234,11 @@ class FitSettings:
         _require(64 <= self.batch_size <= 4_000_000, "fit.batch_size", "must be in 64..4000000")
         _require(0 <= self.reference_fraction < 1, "fit.reference_fraction", "must be in [0,1)")
         _require(0 <= self.roi_fraction < 1, "fit.roi_fraction", "must be in [0,1)")
-        _require(self.reference_fraction + self.roi_fraction < 1, "fit.roi_fraction",
-                 "reference_fraction + roi_fraction must be < 1")
+        _require(
+            self.reference_fraction + self.roi_fraction < 1,
+            "fit.roi_fraction",
+            "reference_fraction + roi_fraction must be < 1",
+        )
         _require(self.lr_mlp > 0 and self.lr_hash > 0, "fit.lr_mlp", "learning rates must be > 0")
         _require(0 < self.lr_decay <= 1, "fit.lr_decay", "must be in (0,1]")
         _require(self.rigidity_delta_px > 0, "fit.rigidity_delta_px", "must be > 0")
@@ -263,8 +327,13 @@ class BuildSettings:
 PRESETS: dict[str, dict[str, Any]] = {
     "draft": {
         "ingest": {"working_long_side": 384},
-        "fit": {"pretrain_steps": 300, "iterations": 3000, "batch_size": 8192,
-                "checkpoint_every": 500, "log_every": 100},
+        "fit": {
+            "pretrain_steps": 300,
+            "iterations": 3000,
+            "batch_size": 8192,
+            "checkpoint_every": 500,
+            "log_every": 100,
+        },
         "refine": {"iterations": 600},
     },
     "standard": {
@@ -319,7 +388,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if origin is Literal:
         allowed = get_args(hint)
         if value not in allowed:
-            raise InputError(f"setting {name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+            raise InputError(
+                f"setting {name}: {value!r} is not one of {', '.join(map(str, allowed))}"
+            )
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -340,7 +411,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     return value
 
 
-def build_settings(preset: str = "standard", overrides: dict[str, Any] | None = None) -> BuildSettings:
+def build_settings(
+    preset: str = "standard", overrides: dict[str, Any] | None = None
+) -> BuildSettings:
     """Defaults, then the named preset, then `overrides` (nested dicts), validated."""
     if preset not in PRESETS:
         raise InputError(f"setting preset: {preset!r} is not one of {', '.join(PRESETS)}")
@@ -387,8 +460,11 @@ class BuildSpec:
         _require(bool(self.plate), "plate", "is empty")
         _require(bool(self.roi), "roi", "is empty")
         _require(self.version >= 0, "version", "must be >= 0")
-        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
-                 "name", "must be a plain folder name")
+        _require(
+            bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+            "name",
+            "must be a plain folder name",
+        )
 
     def resolve(self, path: str) -> Path:
         """`path` made absolute against `root`."""

@@ -1,0 +1,622 @@
+"""Production image I/O through OpenImageIO: sequences, EXR layers/parts/windows, atomic writes.
+
+Contract:
+- Pixels come back as float32 (H, W, C) **in the display window**: data outside the data window
+  is zero, data outside the display window is cropped (overscan is dropped).
+- Channels are always looked up by name (OpenEXR stores them sorted).
+- Every unreadable, truncated, deep-only or otherwise unsupported file raises `InputError` with
+  one line naming the file. NaN/Inf pixels are reported by `inspect`, never fatal.
+- Writers are atomic: a temporary file beside the target, then `os.replace`.
+
+Sequence patterns: `name.####.exr` (one `#` per digit, Nuke's convention), `name.%04d.exr`,
+`name.@.exr` (one `@` per digit; a single `@` matches any padding).
+Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020` (Nuke's syntax).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import atomic_path
+from .errors import InputError
+
+_HASHES = re.compile(r"#+")
+_PRINTF = re.compile(r"%(0?)(\d*)d")
+_ATS = re.compile(r"@+")
+_RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:[x:](\d+))?)?$")
+
+LOSSY_COMPRESSIONS = ("dwaa", "dwab", "b44", "b44a", "pxr24")
+LOSSLESS_COMPRESSIONS = ("none", "rle", "zips", "zip", "piz")
+
+
+def _oiio() -> Any:
+    import OpenImageIO as oiio
+
+    return oiio
+
+
+# --------------------------------------------------------------------------------------------
+# Frame ranges and sequence patterns
+
+
+def parse_frame_range(text: str) -> list[int]:
+    """Frames of a Nuke-style range: `1001-1100`, `1-10x2`, `1 3 4 8`, `1-5,9`; sorted, unique.
+
+    >>> parse_frame_range("1-7x3 10")
+    [1, 4, 7, 10]
+    """
+    frames: set[int] = set()
+    parts = [p for p in re.split(r"[\s,]+", text.strip()) if p]
+    if not parts:
+        raise InputError(f"frame range {text!r}: empty")
+    for part in parts:
+        m = _RANGE.match(part)
+        if not m:
+            raise InputError(f"frame range {text!r}: cannot read {part!r}")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        step = int(m.group(3)) if m.group(3) else 1
+        if step < 1 or last < first:
+            raise InputError(f"frame range {text!r}: {part!r} runs backwards or has step < 1")
+        frames.update(range(first, last + 1, step))
+    return sorted(frames)
+
+
+def format_frame_range(frames: Sequence[int]) -> str:
+    """Compact Nuke-style text for a sorted frame list (`1001-1010 1012`)."""
+    out: list[str] = []
+    frames = sorted(set(frames))
+    i = 0
+    while i < len(frames):
+        j = i
+        while j + 1 < len(frames) and frames[j + 1] == frames[j] + 1:
+            j += 1
+        out.append(str(frames[i]) if i == j else f"{frames[i]}-{frames[j]}")
+        i = j + 1
+    return " ".join(out)
+
+
+@dataclass(frozen=True)
+class SequencePattern:
+    """A parsed sequence pattern: text before and after the frame token, and its padding."""
+
+    prefix: str
+    suffix: str
+    padding: int
+    """Digits of the frame number; 0 = any padding (single `@`, or `%d`)."""
+
+    def path(self, frame: int) -> Path:
+        digits = f"{frame:0{self.padding}d}" if self.padding else str(frame)
+        return Path(f"{self.prefix}{digits}{self.suffix}")
+
+    def regex(self) -> re.Pattern[str]:
+        digits = rf"-?\d{{{self.padding}}}" if self.padding else r"-?\d+"
+        return re.compile(
+            rf"^{re.escape(Path(self.prefix).name)}({digits}){re.escape(self.suffix)}$"
+        )
+
+
+def parse_pattern(pattern: str | Path) -> SequencePattern | None:
+    """The frame token of `pattern` (`####`, `%04d`, `@`), or None for a single file."""
+    text = str(pattern)
+    name_start = text.rfind("/") + 1
+    name = text[name_start:]
+    for regex, kind in ((_HASHES, "#"), (_PRINTF, "%"), (_ATS, "@")):
+        matches = list(regex.finditer(name))
+        if not matches:
+            continue
+        m = matches[-1]
+        if kind == "%":
+            padding = int(m.group(2)) if m.group(2) else 0
+        elif kind == "@" and len(m.group(0)) == 1:
+            padding = 0
+        else:
+            padding = len(m.group(0))
+        return SequencePattern(text[: name_start + m.start()], name[m.end() :], padding)
+    return None
+
+
+def frame_path(pattern: str | Path, frame: int) -> Path:
+    """Path of `frame` in a sequence pattern (a plain file path is returned unchanged)."""
+    seq = parse_pattern(pattern)
+    return Path(pattern) if seq is None else seq.path(frame)
+
+
+def find_frames(pattern: str | Path) -> dict[int, Path]:
+    """Frame number → path of every file on disk matching the pattern.
+
+    A plain file (no frame token) gives `{0: path}` when it exists.
+    """
+    seq = parse_pattern(pattern)
+    if seq is None:
+        path = Path(pattern)
+        return {0: path} if path.is_file() else {}
+    folder = Path(seq.prefix).parent if "/" in seq.prefix else Path(".")
+    if not folder.is_dir():
+        return {}
+    rx = seq.regex()
+    found: dict[int, Path] = {}
+    for entry in folder.iterdir():
+        m = rx.match(entry.name)
+        if m and entry.is_file():
+            found[int(m.group(1))] = folder / entry.name
+    return dict(sorted(found.items()))
+
+
+def resolve_sequence(pattern: str | Path, frames: str = "") -> dict[int, Path]:
+    """Frames of `pattern` restricted to the range text `frames` ('' = all found).
+
+    Raises `InputError` naming the pattern when nothing is found, or naming the first missing
+    frame of the requested range.
+    """
+    found = find_frames(pattern)
+    if not found:
+        raise InputError(f"{pattern}: no files found")
+    if parse_pattern(pattern) is None:
+        return found
+    if not frames:
+        return found
+    wanted = parse_frame_range(frames)
+    missing = [f for f in wanted if f not in found]
+    if missing:
+        raise InputError(
+            f"{frame_path(pattern, missing[0])}: frame {missing[0]} is missing "
+            f"({len(missing)} of {len(wanted)} frames missing)"
+        )
+    return {f: found[f] for f in wanted}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class ImageData:
+    """An image placed in its display window."""
+
+    path: Path
+    pixels: np.ndarray
+    """(H, W, C) float32, display window, zero outside the data window."""
+    channels: tuple[str, ...]
+    display_window: tuple[int, int, int, int]
+    """(x, y, width, height), y measured downwards (OIIO's full_* fields)."""
+    data_window: tuple[int, int, int, int]
+    """(x, y, width, height) of the stored pixels."""
+    channel_formats: tuple[str, ...]
+    compression: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    file_format: str = ""
+    bits_per_sample: int = 32
+    part: int = 0
+    part_name: str = ""
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    def channel(self, name: str) -> np.ndarray:
+        """One channel by name, (H, W)."""
+        try:
+            return self.pixels[..., self.channels.index(name)]
+        except ValueError as err:
+            raise InputError(
+                f"{self.path}: no channel {name!r} (has {', '.join(self.channels)})"
+            ) from err
+
+    def select(self, names: Sequence[str]) -> np.ndarray:
+        """Several channels by name, (H, W, len(names))."""
+        return np.stack([self.channel(n) for n in names], axis=-1)
+
+
+def _open(path: Path) -> Any:
+    oiio = _oiio()
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        msg = oiio.geterror().strip().splitlines()
+        reason = msg[-1] if msg else "unreadable"
+        raise InputError(f"{path}: cannot open image ({reason})")
+    return inp
+
+
+def _parts(inp: Any) -> list[Any]:
+    specs = []
+    index = 0
+    while inp.seek_subimage(index, 0):
+        specs.append(inp.spec().copy() if hasattr(inp.spec(), "copy") else inp.spec())
+        index += 1
+    inp.seek_subimage(0, 0)
+    return specs
+
+
+def _choose_part(path: Path, specs: list[Any], part: int | str | None) -> int:
+    if part is None:
+        for i, spec in enumerate(specs):
+            names = set(spec.channelnames)
+            if {"R", "G", "B"} <= names:
+                return i
+        return 0
+    if isinstance(part, int):
+        if not 0 <= part < len(specs):
+            raise InputError(f"{path}: no part {part} (file has {len(specs)})")
+        return part
+    for i, spec in enumerate(specs):
+        if spec.get_string_attribute("name") == part:
+            return i
+    raise InputError(f"{path}: no part named {part!r}")
+
+
+def _attributes(spec: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for p in spec.extra_attribs:
+        try:
+            attrs[p.name] = p.value
+        except Exception:  # an attribute type the Python binding cannot convert
+            continue
+    return attrs
+
+
+def read_image(
+    path: str | Path,
+    channels: Sequence[str] | None = None,
+    part: int | str | None = None,
+) -> ImageData:
+    """Read an image into its display window.
+
+    Args:
+        path: EXR (scanline/tiled, multi-part, layered, any compression), PNG, TIFF, JPEG, DPX...
+        channels: names to return (in this order); None = all channels of the part.
+        part: EXR part index or name; None = the first part with R, G, B (else part 0).
+
+    Returns:
+        `ImageData` whose `pixels` are float32 (H, W, C) in the display window. Integer files are
+        normalised to 0..1 by OpenImageIO (8-bit /255, 16-bit /65535).
+    """
+    path = Path(path)
+    inp = _open(path)
+    try:
+        specs = _parts(inp)
+        if not specs:
+            raise InputError(f"{path}: no image in file")
+        index = _choose_part(path, specs, part)
+        if not inp.seek_subimage(index, 0):
+            raise InputError(f"{path}: cannot seek to part {index}")
+        spec = inp.spec()
+        if spec.deep:
+            raise InputError(f"{path}: deep image (not supported; flatten it first)")
+        names = tuple(spec.channelnames)
+        if channels is not None:
+            missing = [c for c in channels if c not in names]
+            if missing:
+                raise InputError(f"{path}: no channel {missing[0]!r} (has {', '.join(names)})")
+        data = inp.read_image(index, 0, 0, spec.nchannels, "float")
+        if data is None:
+            err = inp.geterror().strip().splitlines()
+            reason = err[-1] if err else "read failed"
+            raise InputError(f"{path}: truncated or corrupt ({reason})")
+        err_text = inp.geterror()
+        if err_text:
+            raise InputError(f"{path}: truncated or corrupt ({err_text.strip().splitlines()[-1]})")
+        data = np.asarray(data, dtype=np.float32)
+        if data.ndim == 2:
+            data = data[..., None]
+        if data.ndim == 4:  # volumetric: not an image for us
+            raise InputError(f"{path}: volume images are not supported")
+        display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
+        window = (spec.x, spec.y, spec.width, spec.height)
+        pixels = _place_in_display(data, window, display)
+        formats = tuple(str(f) for f in spec.channelformats) or (str(spec.format),) * len(names)
+        if channels is not None:
+            pixels = np.ascontiguousarray(pixels[..., [names.index(c) for c in channels]])
+            formats = tuple(formats[names.index(c)] for c in channels)
+            names = tuple(channels)
+        return ImageData(
+            path=path,
+            pixels=pixels,
+            channels=names,
+            display_window=display,
+            data_window=window,
+            channel_formats=formats,
+            compression=spec.get_string_attribute("compression"),
+            attributes=_attributes(spec),
+            file_format=inp.format_name(),
+            bits_per_sample=int(spec.get_int_attribute("oiio:BitsPerSample", 0))
+            or spec.format.size() * 8,
+            part=index,
+            part_name=spec.get_string_attribute("name"),
+        )
+    finally:
+        inp.close()
+
+
+def _place_in_display(
+    data: np.ndarray, window: tuple[int, int, int, int], display: tuple[int, int, int, int]
+) -> np.ndarray:
+    if window == display:
+        return np.ascontiguousarray(data)
+    dx, dy, dw, dh = display
+    wx, wy, ww, wh = window
+    out = np.zeros((dh, dw, data.shape[2]), np.float32)
+    x0, y0 = max(wx, dx), max(wy, dy)
+    x1, y1 = min(wx + ww, dx + dw), min(wy + wh, dy + dh)
+    if x1 > x0 and y1 > y0:
+        out[y0 - dy : y1 - dy, x0 - dx : x1 - dx] = data[y0 - wy : y1 - wy, x0 - wx : x1 - wx]
+    return out
+
+
+def read_channels(
+    path: str | Path, names: Sequence[str], part: int | str | None = None
+) -> np.ndarray:
+    """Channels by name, (H, W, len(names)) float32 in the display window."""
+    return read_image(path, channels=names, part=part).pixels
+
+
+def rgb_channel_names(channels: Sequence[str], layer: str = "") -> tuple[str, str, str]:
+    """Names of the R, G, B channels of a layer ('' = the main RGB), looked up by name.
+
+    Accepts EXR suffixes (`R`, `diffuse.R`) and Nuke's (`red`, `diffuse.red`).
+    """
+    prefix = f"{layer}." if layer else ""
+    for trio in (("R", "G", "B"), ("red", "green", "blue"), ("r", "g", "b")):
+        names = tuple(prefix + c for c in trio)
+        if all(n in channels for n in names):
+            return names  # type: ignore[return-value]
+    if not layer and len(channels) >= 3:
+        return tuple(channels[:3])  # type: ignore[return-value]
+    if not layer and len(channels) in (1, 2):
+        return (channels[0],) * 3  # grey images
+    raise InputError(
+        f"no RGB channels{' in layer ' + layer if layer else ''} (has {', '.join(channels)})"
+    )
+
+
+def alpha_channel_name(channels: Sequence[str], preferred: str = "A") -> str:
+    """The matte channel: `preferred` (A/alpha/any name), else alpha, else the only channel."""
+    for name in (preferred, "A", "alpha", "a", "Y"):
+        if name in channels:
+            return name
+    if len(channels) == 1:
+        return channels[0]
+    if len(channels) == 3:
+        return channels[0]  # an RGB matte: white = inside
+    return channels[-1]
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What `inspect` learns of one file."""
+
+    path: str
+    width: int
+    height: int
+    display_window: tuple[int, int, int, int]
+    data_window: tuple[int, int, int, int]
+    channels: tuple[str, ...]
+    channel_formats: tuple[str, ...]
+    compression: str
+    file_format: str
+    colourspace: str
+    nan_count: int
+    inf_count: int
+    parts: int
+
+
+def inspect(path: str | Path) -> FileReport:
+    """Read a file fully and describe it; raises `InputError` on anything unreadable."""
+    path = Path(path)
+    img = read_image(path)
+    finite = np.isfinite(img.pixels)
+    nan_count = int(np.isnan(img.pixels).sum())
+    inf_count = int((~finite).sum()) - nan_count
+    inp = _open(path)
+    try:
+        nparts = len(_parts(inp))
+    finally:
+        inp.close()
+    colourspace = str(img.attributes.get("oiio:ColorSpace", "") or "")
+    return FileReport(
+        path=str(path),
+        width=img.width,
+        height=img.height,
+        display_window=img.display_window,
+        data_window=img.data_window,
+        channels=img.channels,
+        channel_formats=img.channel_formats,
+        compression=img.compression,
+        file_format=img.file_format,
+        colourspace=colourspace,
+        nan_count=nan_count,
+        inf_count=inf_count,
+        parts=nparts,
+    )
+
+
+def is_scene_linear_file(image: ImageData) -> bool:
+    """Float files (EXR, float TIFF) and DPX/Cineon log are not display-referred 8/16-bit.
+
+    Heuristic for `IngestSettings.colour == "auto"`: EXR/HDR and float/half data are
+    scene-linear; 8/16-bit integer PNG/JPEG/TIFF are display-referred sRGB.
+    """
+    if image.file_format in ("openexr", "hdr"):
+        return True
+    return any(f in ("half", "float", "double") for f in image.channel_formats)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+_PIXEL_TYPES = {
+    "half": "HALF",
+    "float": "FLOAT",
+    "uint": "UINT32",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+}
+
+
+def write_exr(
+    path: str | Path,
+    channels: Mapping[str, np.ndarray],
+    pixel_types: Mapping[str, str] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    compression: str = "zips",
+    data_window: tuple[int, int, int, int] | None = None,
+    display_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write a multi-channel scanline EXR atomically.
+
+    Args:
+        path: target file.
+        channels: name → (H, W) array; all the same size. When `data_window` is given the arrays
+            are the data window's pixels; else they are the full display window.
+        pixel_types: name → 'half' | 'float' | 'uint'; default 'half' for colour, 'float' for
+            names containing 'uv'.
+        attributes: header attributes (int, float, str; names may contain '/').
+        compression: lossless only for data: zips, zip, piz, rle, none (or any OpenEXR name for
+            colour-only files).
+        data_window: (x, y, width, height) of the stored pixels inside the display window.
+        display_size: (width, height) of the display window; default = the arrays' size.
+    """
+    oiio = _oiio()
+    path = Path(path)
+    names = list(channels)
+    if not names:
+        raise ValueError("write_exr needs at least one channel")
+    arrays = [np.asarray(channels[n], dtype=np.float32) for n in names]
+    height, width = arrays[0].shape
+    if any(a.shape != (height, width) for a in arrays):
+        raise ValueError("write_exr: channels differ in size")
+    types = dict(pixel_types or {})
+    formats = []
+    for n in names:
+        kind = types.get(n, "float" if "uv" in n.lower() else "half")
+        formats.append(getattr(oiio, _PIXEL_TYPES[kind]))
+    spec = oiio.ImageSpec(width, height, len(names), oiio.FLOAT)
+    spec.channelnames = tuple(names)
+    spec.channelformats = tuple(formats)
+    if data_window is not None:
+        x, y, w, h = data_window
+        if (w, h) != (width, height):
+            raise ValueError("write_exr: data_window size differs from the arrays")
+        spec.x, spec.y = x, y
+    full_w, full_h = display_size or (width, height)
+    spec.full_x, spec.full_y, spec.full_width, spec.full_height = 0, 0, full_w, full_h
+    spec.attribute("compression", compression)
+    for key, value in (attributes or {}).items():
+        spec.attribute(key, _attr_value(value))
+    data = np.ascontiguousarray(np.stack(arrays, axis=-1))
+    _write(oiio, path, spec, data)
+    return path
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str):
+        return value
+    return str(value)
+
+
+def _write(oiio: Any, path: Path, spec: Any, data: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        out = oiio.ImageOutput.create(path.suffix.lstrip(".") or str(path))
+        if out is None:
+            raise InputError(f"{path}: no writer for this file type ({oiio.geterror()})")
+        if not out.open(str(tmp), spec):
+            raise OSError(f"{path}: cannot write ({out.geterror()})")
+        ok = out.write_image(data)
+        out.close()
+        if not ok:
+            raise OSError(f"{path}: write failed ({out.geterror()})")
+
+
+def write_rgba_exr(
+    path: str | Path,
+    rgba: np.ndarray,
+    attributes: Mapping[str, Any] | None = None,
+    compression: str = "zips",
+    pixel_type: str = "half",
+) -> Path:
+    """Write (H, W, 3|4) colour as R, G, B[, A] EXR atomically."""
+    names = ["R", "G", "B", "A"][: rgba.shape[2]]
+    return write_exr(
+        path,
+        {n: rgba[..., i] for i, n in enumerate(names)},
+        pixel_types={n: pixel_type for n in names},
+        attributes=attributes,
+        compression=compression,
+    )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float 0..1 → uint8 with rounding; uint8 passes through."""
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an 8-bit PNG (values already display-encoded: float 0..1 or uint8), atomically."""
+    oiio = _oiio()
+    path = Path(path)
+    data = to_uint8(np.asarray(image))
+    if data.ndim == 2:
+        data = data[..., None]
+    h, w, c = data.shape
+    spec = oiio.ImageSpec(w, h, c, oiio.UINT8)
+    _write(oiio, path, spec, np.ascontiguousarray(data))
+    return path
+
+
+def write_image(path: str | Path, image: np.ndarray, bits: int = 16) -> Path:
+    """Write PNG/TIFF/DPX/JPEG from float 0..1 (H, W, C) with `bits` per sample, atomically."""
+    oiio = _oiio()
+    path = Path(path)
+    data = np.asarray(image, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[..., None]
+    h, w, c = data.shape
+    fmt = {8: oiio.UINT8, 10: oiio.UINT16, 16: oiio.UINT16, 32: oiio.FLOAT}[bits]
+    spec = oiio.ImageSpec(w, h, c, fmt)
+    if bits == 10:
+        spec.attribute("oiio:BitsPerSample", 10)
+    _write(oiio, path, spec, np.ascontiguousarray(data))
+    return path
+
+
+def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resample (H, W, C) float32 to (height, width): area filter down, bilinear up."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image.astype(np.float32, copy=False)
+    interp = cv2.INTER_AREA if width < w and height < h else cv2.INTER_LINEAR
+    out = cv2.resize(
+        np.ascontiguousarray(image, dtype=np.float32), (width, height), interpolation=interp
+    )
+    if out.ndim == 2 and image.ndim == 3:
+        out = out[..., None]
+    return out
+
+
+def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """Working resolution with the plate's aspect ratio and the given long side (never upscales)."""
+    scale = min(1.0, long_side / max(width, height))
+    return max(8, int(math.floor(width * scale + 0.5))), max(
+        8, int(math.floor(height * scale + 0.5))
+    )

@@ -1,0 +1,473 @@
+"""Synthetic shots with exact ground truth.
+
+A band-limited, HDR textured surface is filmed by a camera moving along a smooth homography path
+(pan, zoom, rotation, a little perspective), optionally bent by a smooth non-rigid deformation,
+lit by a global and a local illumination change, and crossed by 1–5 occluders with antialiased
+soft edges. Everything is an analytic function of the pixel position, so the ground truth is
+exact:
+
+- `true_ref_xy[t, row, x]`: where the surface point seen at pixel (x, row) of frame t lies in the
+  reference frame, in pixels (pixel centres at integer coordinates). The surface's own coordinates
+  *are* reference-frame pixels, so the atlas (aligned with the reference frame, DESIGN.md §4) and
+  the surface texture share one raster.
+- `occlusion`: combined occluder alpha (1 = surface hidden).
+- `illumination`: linear-light RGB multiplier of the surface.
+- `plate_linear = (1 − occlusion) · illumination · texture(true_ref_xy) + occluder colour`.
+
+An edit painted on the reference-frame raster re-renders exactly with `render_edit`.
+Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .colour import linear_to_srgb
+from .errors import InputError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"width": 64, "height": 48, "frames": 8, "occluders": 1},
+    "small": {"width": 160, "height": 96, "frames": 16, "occluders": 2},
+    "bench": {"width": 768, "height": 432, "frames": 70, "occluders": 3, "grain": 0.004},
+    "hd": {"width": 1920, "height": 1080, "frames": 100, "occluders": 3, "grain": 0.004},
+}
+
+
+@dataclass(frozen=True)
+class ShotParams:
+    """Everything that defines a synthetic shot (saved as `shot.json`)."""
+
+    width: int = 64
+    height: int = 48
+    frames: int = 8
+    occluders: int = 1
+    seed: int = 0
+    first_frame: int = 1001
+    reference_index: int = -1
+    """Index of the reference frame; −1 = the middle frame."""
+    pan_px: float = 0.35
+    """Camera pan per frame, in pixels per frame per 100 px of width."""
+    zoom: float = 0.12
+    """Zoom change over the whole shot (fraction)."""
+    rotation_deg: float = 4.0
+    """Rotation over the whole shot, degrees."""
+    perspective: float = 0.03
+    """Keystone change over the whole shot (fraction)."""
+    deform_px: float = 0.0
+    """Amplitude of the smooth non-rigid deformation at the shot's ends, pixels per 100 px."""
+    illumination: float = 0.25
+    """Global gain change over the shot (fraction)."""
+    spot: float = 0.35
+    """Strength of the moving local light."""
+    grain: float = 0.0
+    """Standard deviation of the grain, linear units at value 1 (scaled by sqrt(value))."""
+    edge_px: float = 1.5
+    """Width of the occluders' soft edges, pixels."""
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16:
+            raise InputError("synth: width and height must be >= 16")
+        if self.frames < 2:
+            raise InputError("synth: a shot needs at least 2 frames")
+        if not 1 <= self.occluders <= 5:
+            raise InputError("synth: occluders must be 1..5")
+
+
+@dataclass
+class _Occluder:
+    centre0: np.ndarray
+    velocity: np.ndarray
+    radii: np.ndarray
+    angle: float
+    colour: np.ndarray
+    stripes: float
+
+
+@dataclass
+class SynthShot:
+    """A synthetic shot; arrays are computed on first use (per-frame via `frame(t)`)."""
+
+    params: ShotParams
+
+    def __post_init__(self) -> None:
+        p = self.params
+        rng = np.random.default_rng(p.seed)
+        n_waves = 40
+        # Band-limited texture: random plane waves up to 0.18 cycles per reference pixel.
+        freq = rng.uniform(0.004, 0.18, n_waves) * (100.0 / 100.0)
+        freq[: n_waves // 4] = rng.uniform(0.004, 0.02, n_waves // 4)
+        theta = rng.uniform(0, math.pi, n_waves)
+        self._wave_k = (
+            np.stack([np.cos(theta), np.sin(theta)], 1) * freq[:, None] * 2 * math.pi
+        ).astype(np.float32)
+        self._wave_phase = rng.uniform(0, 2 * math.pi, n_waves).astype(np.float32)
+        amp = 1.0 / (1.0 + 25.0 * freq)
+        self._wave_amp = (amp[:, None] * rng.uniform(0.3, 1.0, (n_waves, 3))).astype(np.float32)
+        self._wave_norm = float(np.sqrt((self._wave_amp**2).sum(0).mean() / 2))
+        self._log_mean = rng.uniform(-1.6, -0.9, 3).astype(np.float32)
+        self.reference_index = (
+            p.frames // 2 if p.reference_index < 0 else min(p.reference_index, p.frames - 1)
+        )
+        w, h = p.width, p.height
+        # ROI: an ellipse around the centre of the reference frame, ~25 % of the area.
+        self._roi_centre = np.array([w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)])
+        self._roi_radii = np.array([w * 0.28, h * 0.3])
+        self._spot_centre0 = np.array([w * 0.3, h * 0.4])
+        self._spot_velocity = np.array([w * 0.4, h * 0.2]) / max(p.frames - 1, 1)
+        self._gain = rng.uniform(-1, 1, 3) * p.illumination
+        # Occluders cross the ROI at frames away from the reference frame.
+        self._occluders: list[_Occluder] = []
+        r = self.reference_index
+        for k in range(p.occluders):
+            far = [t for t in range(p.frames) if abs(t - r) >= max(1, p.frames // 4)]
+            t_cross = float(rng.choice(far)) if far else float(p.frames - 1)
+            radii = np.array([w, h]).min() * rng.uniform(0.08, 0.16, 2)
+            direction = rng.normal(size=2)
+            direction /= np.linalg.norm(direction) + 1e-9
+            need = np.linalg.norm(self._roi_radii) + radii.max() + 2.0 * p.edge_px + 2
+            speed = need / max(abs(t_cross - r), 1.0)
+            cross_point = self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii
+            velocity = direction * speed
+            centre0 = cross_point - velocity * t_cross
+            colour = np.exp(rng.uniform(-2.5, 0.3, 3)).astype(np.float32)
+            self._occluders.append(
+                _Occluder(
+                    centre0,
+                    velocity,
+                    radii,
+                    float(rng.uniform(0, 3)),
+                    colour,
+                    float(rng.uniform(0.05, 0.2)),
+                )
+            )
+            del k
+        self._grain_seed = int(rng.integers(0, 2**31))
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def n_frames(self) -> int:
+        return self.params.frames
+
+    @property
+    def frame_numbers(self) -> list[int]:
+        return [self.params.first_frame + i for i in range(self.params.frames)]
+
+    @property
+    def reference_frame(self) -> int:
+        """Frame number of the reference frame."""
+        return self.params.first_frame + self.reference_index
+
+    def homography(self, t: int) -> np.ndarray:
+        """3×3 map from frame-t pixel (x, row, 1) to reference-frame pixels (identity at ref)."""
+        p = self.params
+        s = (t - self.reference_index) / max(p.frames - 1, 1)
+        w, h = p.width, p.height
+        cx, cy = w / 2, h / 2
+        zoom = 1.0 + p.zoom * s
+        ang = math.radians(p.rotation_deg) * s
+        pan = p.pan_px * (w / 100.0) * (t - self.reference_index)
+        c, si = math.cos(ang), math.sin(ang)
+        to_c = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], float)
+        rot = np.array([[c * zoom, -si * zoom, 0], [si * zoom, c * zoom, 0], [0, 0, 1]], float)
+        persp = np.array([[1, 0, 0], [0, 1, 0], [p.perspective * s / w, 0, 1]], float)
+        back = np.array([[1, 0, cx + pan], [0, 1, cy + 0.3 * pan], [0, 0, 1]], float)
+        return back @ persp @ rot @ to_c
+
+    def _ref_xy(self, t: int) -> np.ndarray:
+        p = self.params
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float64)
+        hmat = self.homography(t)
+        den = hmat[2, 0] * xs + hmat[2, 1] * ys + hmat[2, 2]
+        rx = (hmat[0, 0] * xs + hmat[0, 1] * ys + hmat[0, 2]) / den
+        ry = (hmat[1, 0] * xs + hmat[1, 1] * ys + hmat[1, 2]) / den
+        if p.deform_px:
+            s = (t - self.reference_index) / max(p.frames - 1, 1)
+            amp = p.deform_px * p.width / 100.0 * s
+            rx = rx + amp * np.sin(2 * math.pi * ry / (0.7 * p.height) + 1.0)
+            ry = ry + amp * np.sin(2 * math.pi * rx / (0.9 * p.width) + 2.0)
+        return np.stack([rx, ry], -1).astype(np.float32)
+
+    def texture(self, ref_xy: np.ndarray) -> np.ndarray:
+        """Clean surface colour (linear) at reference-frame positions (…, 2) → (…, 3)."""
+        phase = ref_xy @ self._wave_k.T + self._wave_phase  # (..., n_waves)
+        signal = np.sin(phase) @ self._wave_amp / self._wave_norm  # (..., 3)
+        return np.exp(self._log_mean + 0.55 * signal).astype(np.float32)
+
+    def _illumination(self, t: int, ref_xy: np.ndarray) -> np.ndarray:
+        p = self.params
+        s = (t - self.reference_index) / max(p.frames - 1, 1)
+        gain = np.exp(self._gain * s).astype(np.float32)
+        centre = self._spot_centre0 + self._spot_velocity * t
+        ref_centre = self._spot_centre0 + self._spot_velocity * self.reference_index
+        sigma2 = (0.25 * min(p.width, p.height)) ** 2
+        spot = np.exp(-((ref_xy - centre) ** 2).sum(-1) / sigma2)
+        spot_ref = np.exp(-((ref_xy - ref_centre) ** 2).sum(-1) / sigma2)
+        # Relative to the reference frame's lighting, so illumination == 1 there.
+        local = (1.0 + p.spot * spot) / (1.0 + p.spot * spot_ref)
+        return (gain * local[..., None]).astype(np.float32)
+
+    def _occlusion(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
+        alpha = np.zeros((p.height, p.width), np.float32)
+        colour = np.zeros((p.height, p.width, 3), np.float32)
+        for occ in self._occluders:
+            c = occ.centre0 + occ.velocity * t
+            dx, dy = xs - c[0], ys - c[1]
+            ca, sa = math.cos(occ.angle), math.sin(occ.angle)
+            u, v = (ca * dx + sa * dy) / occ.radii[0], (-sa * dx + ca * dy) / occ.radii[1]
+            rho = np.sqrt(u * u + v * v)
+            # Signed distance to the ellipse boundary, approximately in pixels.
+            dist = (1.0 - rho) * np.sqrt((occ.radii[0] ** 2 + occ.radii[1] ** 2) / 2)
+            a = np.clip(dist / p.edge_px + 0.5, 0.0, 1.0).astype(np.float32)
+            stripes = 0.75 + 0.25 * np.sin(2 * math.pi * occ.stripes * (ca * dx + sa * dy))
+            col = occ.colour[None, None, :] * stripes[..., None]
+            colour = colour * (1 - a[..., None]) + col * a[..., None]  # premultiplied "over"
+            alpha = alpha + a * (1 - alpha)
+        return alpha, colour
+
+    def roi_at(self, ref_xy: np.ndarray) -> np.ndarray:
+        """ROI membership (0..1, antialiased over one pixel) at reference-frame positions."""
+        d = (ref_xy - self._roi_centre) / self._roi_radii
+        rho = np.sqrt((d**2).sum(-1))
+        dist = (1.0 - rho) * float(np.sqrt((self._roi_radii**2).mean()))
+        return np.clip(dist + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def frame(self, t: int) -> dict[str, np.ndarray]:
+        """Everything about frame index `t`: plate, true_ref_xy, occlusion, illumination, roi."""
+        p = self.params
+        ref_xy = self._ref_xy(t)
+        tex = self.texture(ref_xy)
+        illum = self._illumination(t, ref_xy)
+        alpha, occ_colour = self._occlusion(t)
+        if t == self.reference_index:
+            keep = (self.roi_at(ref_xy) <= 0).astype(np.float32)  # the ROI is unoccluded here
+            alpha, occ_colour = alpha * keep, occ_colour * keep[..., None]
+        plate = (1 - alpha[..., None]) * illum * tex + occ_colour
+        if p.grain:
+            g = np.random.default_rng(self._grain_seed + t).standard_normal(plate.shape)
+            plate = plate + p.grain * np.sqrt(np.maximum(plate, 0)) * g.astype(np.float32)
+        return {
+            "plate": plate.astype(np.float32),
+            "true_ref_xy": ref_xy,
+            "occlusion": alpha.astype(np.float32),
+            "illumination": illum,
+            "roi_tracked": self.roi_at(ref_xy),
+            "texture": tex,
+        }
+
+    @cached_property
+    def _all(self) -> dict[str, np.ndarray]:
+        frames = [self.frame(t) for t in range(self.n_frames)]
+        return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+    @property
+    def plate_linear(self) -> np.ndarray:
+        """(N, H, W, 3) float32 scene-linear plate."""
+        return self._all["plate"]
+
+    @property
+    def plate_srgb(self) -> np.ndarray:
+        """(N, H, W, 3) float32 0..1 sRGB-encoded plate (display-referred variant)."""
+        return np.clip(linear_to_srgb(np.clip(self.plate_linear, 0, 1)), 0, 1)
+
+    @property
+    def true_ref_xy(self) -> np.ndarray:
+        return self._all["true_ref_xy"]
+
+    @property
+    def occlusion(self) -> np.ndarray:
+        return self._all["occlusion"]
+
+    @property
+    def illumination(self) -> np.ndarray:
+        return self._all["illumination"]
+
+    @property
+    def roi_tracked(self) -> np.ndarray:
+        """(N, H, W) ROI membership of the surface point each pixel shows (soft at the edge)."""
+        return self._all["roi_tracked"]
+
+    @property
+    def true_matte(self) -> np.ndarray:
+        """(N, H, W) visible-ROI matte: ROI membership × (1 − occlusion)."""
+        return self.roi_tracked * (1.0 - self.occlusion)
+
+    @cached_property
+    def roi(self) -> np.ndarray:
+        """(H, W) float32 {0, 1} ROI matte on the reference frame."""
+        p = self.params
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
+        return (self.roi_at(np.stack([xs, ys], -1)) >= 0.5).astype(np.float32)
+
+    @cached_property
+    def clean_texture(self) -> np.ndarray:
+        """(H, W, 3) the surface texture on the reference-frame raster (= the ideal atlas)."""
+        p = self.params
+        ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
+        return self.texture(np.stack([xs, ys], -1))
+
+    def render_edit(self, edit_rgba: np.ndarray, t: int | None = None) -> np.ndarray:
+        """The exact plate after painting `edit_rgba` on the atlas (reference-frame raster).
+
+        Args:
+            edit_rgba: (H', W', 4) linear RGB + alpha of the paint on the reference-frame raster
+                (any size with the plate's aspect ratio: sampled bilinearly at pixel centres,
+                the STMap convention of DESIGN.md §4), straight (not premultiplied) colour.
+            t: one frame index, or None for all frames.
+
+        Returns:
+            (H, W, 3) or (N, H, W, 3) float32: paint over the surface where the ROI is visible,
+            lit like the surface; occluders and everything outside the ROI untouched.
+        """
+        frames = range(self.n_frames) if t is None else [t]
+        out = []
+        for i in frames:
+            f = self.frame(i)
+            paint = sample_bilinear_px(
+                edit_rgba, f["true_ref_xy"], self.params.width, self.params.height
+            )
+            a = paint[..., 3:4]
+            new_tex = f["texture"] * (1 - a) + paint[..., :3] * a
+            weight = (f["roi_tracked"] * (1 - f["occlusion"]))[..., None]
+            out.append(f["plate"] + weight * f["illumination"] * (new_tex - f["texture"]))
+        return np.stack(out) if t is None else out[0]
+
+
+def sample_bilinear_px(
+    image: np.ndarray, ref_xy: np.ndarray, width: int, height: int
+) -> np.ndarray:
+    """Bilinear sample of `image` (H', W', C) covering a width×height raster at pixel positions.
+
+    `ref_xy` is in the raster's pixels with centres at integers; the image may have another
+    resolution (pixel centres at +0.5 in normalised coordinates); edges clamp.
+    """
+    ih, iw = image.shape[:2]
+    x = (ref_xy[..., 0] + 0.5) * iw / width - 0.5
+    y = (ref_xy[..., 1] + 0.5) * ih / height - 0.5
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    fx = (x - x0)[..., None].astype(np.float32)
+    fy = (y - y0)[..., None].astype(np.float32)
+
+    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return image[np.clip(yy, 0, ih - 1), np.clip(xx, 0, iw - 1)]
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def make_shot(preset: str = "tiny", seed: int = 0, **overrides: Any) -> SynthShot:
+    """A synthetic shot from a preset (tiny 64×48×8, small, bench 768×432×70, hd 1920×1080×100)."""
+    if preset not in PRESETS:
+        raise InputError(f"synth preset {preset!r}: not one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **overrides, "seed": seed}
+    return SynthShot(ShotParams(**values))
+
+
+def test_edit(width: int, height: int, roi: np.ndarray | None = None) -> np.ndarray:
+    """A recognisable test paint (RGBA, linear): a ring, a bar and a dot pattern over the ROI."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = width / 2, height / 2
+    if roi is not None and roi.any():
+        rows, cols = np.nonzero(roi > 0.5)
+        cy, cx = rows.mean(), cols.mean()
+        span = 0.5 * min(rows.ptp() + 1, cols.ptp() + 1)
+    else:
+        span = 0.25 * min(width, height)
+    r = np.hypot(xs - cx, ys - cy)
+    ring = np.clip(1.0 - np.abs(r - 0.55 * span) / max(0.08 * span, 1.0), 0, 1)
+    bar = ((np.abs(ys - cy) < 0.08 * span) & (np.abs(xs - cx) < 0.7 * span)).astype(np.float32)
+    dots = (np.sin(xs * 0.9) > 0.8) & (np.sin(ys * 0.9) > 0.8) & (r < 0.4 * span)
+    alpha = np.clip(ring + bar + dots.astype(np.float32), 0, 1)
+    rgb = np.zeros((height, width, 3), np.float32)
+    rgb[...] = (0.9, 0.25, 0.05)
+    rgb[bar > 0] = (0.05, 0.4, 0.9)
+    rgb[dots] = (0.95, 0.95, 0.2)
+    return np.concatenate([rgb, alpha[..., None]], -1).astype(np.float32)
+
+
+def write_shot(
+    shot: SynthShot,
+    out: Path,
+    edit: np.ndarray | None = None,
+    truth: bool = True,
+    srgb: bool = True,
+) -> dict[str, Any]:
+    """Write plate, ROI and ground truth under `out`; returns the manifest (`shot.json`).
+
+    Layout: `plate/plate.####.exr` (scene-linear RGB half), `plate_srgb/plate.####.png`,
+    `roi.exr` (channel A, reference frame), `truth/truth.####.exr` (ref.x/ref.y float, occlusion.a,
+    illum.R/G/B, roi.a), `truth/texture.exr`, and `edited/edited.####.exr` when `edit` is given.
+    """
+    from .io import write_exr, write_png, write_rgba_exr
+
+    out = Path(out)
+    p = shot.params
+    for i, number in enumerate(shot.frame_numbers):
+        f = shot.frame(i)
+        write_rgba_exr(
+            out / "plate" / f"plate.{number:04d}.exr",
+            f["plate"],
+            attributes={"rna/synth_seed": p.seed},
+        )
+        if srgb:
+            write_png(
+                out / "plate_srgb" / f"plate.{number:04d}.png",
+                linear_to_srgb(np.clip(f["plate"], 0, 1)),
+            )
+        if truth:
+            write_exr(
+                out / "truth" / f"truth.{number:04d}.exr",
+                {
+                    "ref.x": f["true_ref_xy"][..., 0],
+                    "ref.y": f["true_ref_xy"][..., 1],
+                    "occlusion.a": f["occlusion"],
+                    "roi.a": f["roi_tracked"],
+                    "illum.R": f["illumination"][..., 0],
+                    "illum.G": f["illumination"][..., 1],
+                    "illum.B": f["illumination"][..., 2],
+                },
+                pixel_types={
+                    "ref.x": "float",
+                    "ref.y": "float",
+                    "occlusion.a": "float",
+                    "roi.a": "float",
+                    "illum.R": "float",
+                    "illum.G": "float",
+                    "illum.B": "float",
+                },
+            )
+        if edit is not None:
+            write_rgba_exr(
+                out / "edited" / f"edited.{number:04d}.exr",
+                shot.render_edit(edit, i),
+                pixel_type="float",
+            )
+    write_exr(out / "roi.exr", {"A": shot.roi}, attributes={"rna/frame": shot.reference_frame})
+    write_png(out / "roi.png", shot.roi)
+    if truth:
+        write_rgba_exr(out / "truth" / "texture.exr", shot.clean_texture, pixel_type="float")
+    if edit is not None:
+        write_rgba_exr(out / "edit.exr", edit, pixel_type="float")
+    manifest = {
+        "params": asdict(p),
+        "plate": "plate/plate.####.exr",
+        "plate_srgb": "plate_srgb/plate.####.png" if srgb else None,
+        "roi": "roi.exr",
+        "reference_frame": shot.reference_frame,
+        "frames": f"{shot.frame_numbers[0]}-{shot.frame_numbers[-1]}",
+        "truth": "truth/truth.####.exr" if truth else None,
+        "edit": "edit.exr" if edit is not None else None,
+        "edited": "edited/edited.####.exr" if edit is not None else None,
+    }
+    (out / "shot.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
