@@ -1,0 +1,154 @@
+"""STMap conventions and Nuke-style sampling (rna_engine/stmap.py), on hand-computed 3×4 cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rna_engine import stmap
+from rna_engine.stmap import identity_stmap, sample_stmap
+
+
+def _image(height: int = 3, width: int = 4, channels: int = 2) -> np.ndarray:
+    values = np.arange(height * width * channels, dtype=np.float32)
+    return values.reshape(height, width, channels) * np.float32(0.25) - np.float32(1.0)
+
+
+@pytest.mark.parametrize("height,width", [(3, 4), (1, 1), (5, 2)])
+def test_identity_impulse_returns_the_image_exactly(height: int, width: int) -> None:
+    image = np.random.default_rng(0).normal(size=(height, width, 3)).astype(np.float32)
+    out = sample_stmap(image, identity_stmap(height, width), "impulse")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, image)
+
+
+@pytest.mark.parametrize("name", ["cubic", "keys", "simon", "rifman", "linear"])
+def test_identity_with_interpolating_filters_returns_the_image(name: str) -> None:
+    # B = 0 cubics and the tent are 1 at their centre and 0 on the other pixel centres.
+    image = _image()
+    out = sample_stmap(image, identity_stmap(3, 4), name)
+    np.testing.assert_allclose(out, image, atol=1e-6)
+
+
+def test_identity_values_are_the_documented_formula() -> None:
+    uv = identity_stmap(3, 4)
+    assert uv.shape == (3, 4, 2)
+    assert uv[0, 0].tolist() == [0.125, pytest.approx(1 - 0.5 / 3)]  # top-left pixel
+    assert uv[2, 3].tolist() == [0.875, pytest.approx(0.5 / 3)]  # bottom-right pixel
+
+
+def test_one_pixel_shift_right_clamps_at_the_edge() -> None:
+    # Like kornia's test_shift: sampling at u + 1/W reads the next column; the last column
+    # repeats the edge pixel (clamp).
+    image = _image(3, 4, 1)
+    uv = identity_stmap(3, 4)
+    uv[..., 0] += 1.0 / 4.0
+    expected = image[:, [1, 2, 3, 3]]
+    for name in ("impulse", "linear", "keys", "cubic"):
+        np.testing.assert_allclose(sample_stmap(image, uv, name), expected, atol=1e-6)
+
+
+def test_one_pixel_shift_up_reads_the_row_above() -> None:
+    # v grows upwards: v + 1/H looks one row *up*, i.e. numpy row - 1.
+    image = _image(3, 4, 1)
+    uv = identity_stmap(3, 4)
+    uv[..., 1] += 1.0 / 3.0
+    expected = image[[0, 0, 1]]
+    np.testing.assert_allclose(sample_stmap(image, uv, "impulse"), expected)
+    np.testing.assert_allclose(sample_stmap(image, uv, "keys"), expected, atol=1e-6)
+
+
+def test_origin_is_bottom_left() -> None:
+    image = _image(3, 4, 1)
+    corners = np.array([[[0.5 / 4, 0.5 / 3], [3.5 / 4, 2.5 / 3]]], np.float32)  # (1, 2, 2)
+    out = sample_stmap(image, corners, "impulse")[0, :, 0]
+    assert out.tolist() == [image[2, 0, 0], image[0, 3, 0]]  # bottom-left, top-right
+
+
+def test_half_pixel_linear_is_the_mean_of_neighbours() -> None:
+    image = np.array([[[0.0], [2.0], [10.0]]], np.float32)  # 1×3
+    uv = np.array([[[1.0 / 3.0, 0.5], [2.0 / 3.0, 0.5]]], np.float32)  # between pixel centres
+    out = sample_stmap(image, uv, "linear")[0, :, 0]
+    np.testing.assert_allclose(out, [1.0, 6.0], atol=1e-6)
+
+
+def test_impulse_picks_the_pixel_containing_the_point() -> None:
+    image = np.array([[[0.0], [1.0], [2.0], [3.0]]], np.float32)
+    u = np.array([0.0, 0.2499, 0.25, 0.74, 0.9999, 1.5, -0.3])
+    uv = np.stack([u, np.full_like(u, 0.5)], axis=-1)[None].astype(np.float64)
+    out = sample_stmap(image, uv, "impulse")[0, :, 0]
+    assert out.tolist() == [0.0, 0.0, 1.0, 2.0, 3.0, 3.0, 0.0]
+
+
+def test_catmull_rom_known_weights() -> None:
+    # Keys = Catmull-Rom (B=0, C=1/2): k(0.5) = 0.5625, k(1.5) = -0.0625.
+    k = stmap.cubic_weight(np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5]), 0.0, 0.5)
+    np.testing.assert_allclose(k, [1.0, 0.5625, 0.0, -0.0625, 0.0, 0.0], atol=1e-12)
+    # Halfway between two pixels of a step edge 0 | 1 in a row 0 0 1 1.
+    image = np.array([[[0.0], [0.0], [1.0], [1.0]]], np.float32)
+    out = sample_stmap(image, np.array([[[0.5, 0.5]]], np.float32), "keys")
+    assert out[0, 0, 0] == pytest.approx(0.5, abs=1e-6)
+    out = sample_stmap(image, np.array([[[0.4375, 0.5]]], np.float32), "keys")  # x_px = 1.75
+    # taps at distances 1.25, 0.25, 0.75, 1.75: -0.0703125, 0.8671875, 0.2265625, -0.0234375
+    assert out[0, 0, 0] == pytest.approx(0.2265625 - 0.0234375, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(stmap.CUBIC_BC))
+def test_cubic_weights_sum_to_one(name: str) -> None:
+    b, c = stmap.CUBIC_BC[name]
+    t = np.linspace(0.0, 1.0, 17)[:, None]
+    k = stmap.cubic_weight(t + np.array([1.0, 0.0, -1.0, -2.0]), b, c)
+    np.testing.assert_allclose(k.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_mitchell_blurs_even_at_pixel_centres() -> None:
+    # Mitchell (B = C = 1/3): k(0) = 8/9, k(1) = 1/18 — a single bright texel spreads.
+    image = np.zeros((5, 5, 1), np.float32)
+    image[2, 2] = 1.0
+    out = sample_stmap(image, identity_stmap(5, 5), "mitchell")[..., 0]
+    assert out[2, 2] == pytest.approx((8 / 9) ** 2, abs=1e-6)
+    assert out[2, 3] == pytest.approx(8 / 9 / 18, abs=1e-6)
+    assert out[1, 1] == pytest.approx(1 / 18**2, abs=1e-6)
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_uv_is_normalised_so_any_atlas_size_works() -> None:
+    # The same UVs sampled on a 2× replicated atlas give the same picture.
+    image = _image(3, 4, 2)
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    out = sample_stmap(big, identity_stmap(3, 4), "impulse")
+    np.testing.assert_array_equal(out, image)
+
+
+def test_pixel_round_trip_and_centres() -> None:
+    uv = identity_stmap(3, 4)
+    x, row = stmap.stmap_to_pixel(uv, 4, 3)
+    np.testing.assert_allclose(x[0], [0.5, 1.5, 2.5, 3.5], atol=1e-6)
+    np.testing.assert_allclose(row[:, 0], [0.5, 1.5, 2.5], atol=1e-6)
+    np.testing.assert_allclose(stmap.pixel_to_stmap(x, row, 4, 3), uv, atol=1e-7)
+
+
+def test_uv_norm_at_the_reference_frame_is_the_identity_stmap() -> None:
+    # At the reference frame T(x, y, r) = (x̃, ỹ): the STMap is the identity of the working grid,
+    # for a landscape and a portrait working resolution.
+    for width, height in ((8, 6), (6, 8)):
+        half = max(width, height) / 2
+        y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+        uv_norm = np.stack([x / half - 1, y / half - 1], axis=-1)
+        uv = stmap.uv_norm_to_stmap(uv_norm, width, height)
+        np.testing.assert_allclose(uv, identity_stmap(height, width), atol=1e-7)
+        np.testing.assert_allclose(stmap.stmap_to_uv_norm(uv, width, height), uv_norm, atol=1e-12)
+
+
+def test_uv_norm_lands_on_the_plate_pixel_it_covers() -> None:
+    # Working 4×2 of a 16×8 plate: working pixel (x=1, y=0) covers plate columns [4, 8) and rows
+    # [0, 4); its centre is plate pixel position (6, 2) → u = 6/16, v = 1 - 2/8.
+    uv = stmap.uv_norm_to_stmap(np.array([1 / 2 - 1, -1.0]), 4, 2)
+    np.testing.assert_allclose(uv, [6 / 16, 1 - 2 / 8])
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="filter"):
+        sample_stmap(_image(), identity_stmap(3, 4), "lanczos4")
+    with pytest.raises(ValueError, match="uv_stmap"):
+        sample_stmap(_image(), np.zeros((3, 4), np.float32))
