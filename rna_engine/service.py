@@ -605,7 +605,11 @@ class Service:
         except Exception as err:
             log.exception("%s failed", type_)
             raise ProtocolError("internal", f"{type_}: {err}", request_id) from err
-        self._send(conn, reply_ok(request_id, result))
+        try:
+            self._send(conn, reply_ok(request_id, result))
+        finally:
+            if type_ == "shutdown":  # after the reply: stopping closes every connection
+                threading.Thread(target=self.stop, name="rna-stop", daemon=True).start()
 
     # request handlers -----------------------------------------------------------------------
 
@@ -696,8 +700,7 @@ class Service:
 
     def _shutdown(self, body: dict[str, Any]) -> dict[str, Any]:
         log.info("shutdown requested")
-        threading.Thread(target=self.stop, name="rna-stop", daemon=True).start()
-        return {"stopping": True}
+        return {"stopping": True}  # `_handle` stops the service once this reply is sent
 
     def _subscribe(self, conn: socket.socket, request_id: str, body: dict[str, Any]) -> None:
         try:
