@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from rna_engine.farm import make_job, write_bundle
-from rna_engine.farm.job import FarmJob
+from rna_engine.farm.job import ApplyRender, FarmJob, FrameRange, NukeRender
 
 openjd_model = pytest.importorskip("openjd.model")
 
@@ -140,6 +140,54 @@ def openjd_run(bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 # -- the template -------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "farm"
+SHOT = Path("/shows/demo/sh010")
+
+
+def golden_job(kind: str) -> FarmJob:
+    render: NukeRender | ApplyRender
+    if kind == "nuke":
+        render = NukeRender(SHOT / "comp" / "sh010_comp_v012.nk", "Write_RNA", ("nuke",), "15.1")
+    else:
+        render = ApplyRender(
+            atlas=SHOT / "paint" / "atlas_paint v2.exr",
+            plate=SHOT / "plate" / "sh010.####.exr",
+            out=SHOT / "render" / "sh010_comp.####.exr",
+        )
+    return FarmJob(
+        name="RNA sh010 v003",
+        build_name="sh010",
+        version=3,
+        job_root=SHOT,
+        spec_path=SHOT / "build.json",
+        build_dir=SHOT / "rna" / "sh010" / "v003",
+        frames=FrameRange(1001, 1095),
+        chunk=10,
+        render=render,
+        engine=("/opt/rna/bin/python", "-m", "rna_engine"),
+        environment={"NUKE_PATH": "/studio/nuke/plugins"} if kind == "nuke" else {},
+    )
+
+
+def assert_golden(case: str, name: str, text: str) -> None:
+    """Compare with `tests/golden/farm/<case>/<name>`; `RNA_REGEN_GOLDEN=1` rewrites it."""
+    path = GOLDEN / case / name
+    if os.environ.get("RNA_REGEN_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.is_file(), f"{path} is missing: regenerate with RNA_REGEN_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs (review, then RNA_REGEN_GOLDEN=1)"
+
+
+@pytest.mark.parametrize("kind", ["nuke", "apply"])
+def test_bundle_matches_the_golden_files(tmp_path, kind):
+    files = write_bundle("openjd", golden_job(kind), tmp_path)
+    names = sorted(p.name for p in files)
+    assert names == ["job.json", "openjd_params.json", "parameter_values.yaml", "template.yaml"]
+    for name in names:
+        assert_golden(f"openjd_{kind}", name, (tmp_path / name).read_text())
 
 
 @pytest.mark.parametrize("variant", ["nuke", "apply"])
