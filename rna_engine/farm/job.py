@@ -282,16 +282,24 @@ def pin_version(spec_path: Path, spec: BuildSpec, reserve: bool = True) -> Build
     """
     if spec.version > 0:
         return spec
-    cache_root = spec.resolve(spec.out)
-    paths = choose_version(cache_root, spec.name, 0, _NO_HASH)
     try:
         raw = json.loads(spec_path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{spec_path}: cannot re-read the build spec ({err})") from err
-    raw["version"] = paths.version
+    cache_root = spec.resolve(spec.out)
     try:
-        if reserve:
-            paths.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            paths = choose_version(cache_root, spec.name, 0, _NO_HASH)
+            if not reserve:
+                break
+            try:
+                paths.root.mkdir(parents=True)
+                break
+            except FileExistsError:  # another submitter took it a moment ago: take the next
+                continue
+        else:
+            raise InputError(f"{paths.root}: exists but is not a version folder")
+        raw["version"] = paths.version
         mode = stat.S_IMODE(spec_path.stat().st_mode)
         write_text_atomic(spec_path, json.dumps(raw, indent=2) + "\n", mode)
     except OSError as err:

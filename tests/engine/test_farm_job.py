@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import rna_engine.farm.job as job_module
 from rna_engine import cli
 from rna_engine.errors import InputError
 from rna_engine.farm import make_job
@@ -228,3 +229,22 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.exr: edited atlas not found" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_pinning_skips_a_version_folder_taken_meanwhile(tmp_path, monkeypatch):
+    spec = make_shot(tmp_path / "shot")
+    real = job_module.choose_version
+    calls = []
+
+    def racing(cache_root, name, version, build_hash):
+        paths = real(cache_root, name, version, build_hash)
+        if not calls:  # another submitter creates v001 between our choice and our mkdir
+            paths.root.mkdir(parents=True)
+        calls.append(paths.version)
+        return paths
+
+    monkeypatch.setattr(job_module, "choose_version", racing)
+    job = make_job(spec, script=spec.parent / "comp.nk", write_node="W")
+    assert calls == [1, 2]
+    assert job.version == 2
+    assert json.loads(spec.read_text())["version"] == 2
