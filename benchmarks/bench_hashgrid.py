@@ -1,11 +1,12 @@
 """Hash-grid backends: forward and forward+backward time, PyTorch reference vs Triton (vs tcnn).
 
-Usage: python benchmarks/bench_hashgrid.py [--points 65536 262144] [--iters 20] [--sweep]
+Usage: python benchmarks/bench_hashgrid.py [--points 65536 262144] [--iters 20] [--sweep] [--graph]
 
 Full-size grid (16 levels, 2^15 entries, 2 features). The 2-D grid's backward includes the
 input gradient (the atlas grid's input is T's uv); the 3-D one only the params gradient (as the
 mask grid). Times are CUDA-event means after warm-up, in milliseconds. `--sweep` also times
-Triton block sizes. On CPU (smoke test only) run it under TRITON_INTERPRET=1 with few points.
+Triton block sizes; `--graph` also times forward+backward captured in a CUDA graph (as the
+fit's `compile: graph` runs it: no launch overhead) and checks its gradients against eager. On CPU (smoke test only) run it under TRITON_INTERPRET=1 with few points.
 """
 
 from __future__ import annotations
@@ -56,12 +57,39 @@ def bench(grid: torch.nn.Module, x: torch.Tensor, input_grad: bool, iters: int) 
     return timed(forward, iters, x.device), timed(forward_backward, iters, x.device)
 
 
+def bench_graph(grid: torch.nn.Module, x: torch.Tensor, input_grad: bool, iters: int) -> tuple:
+    """(ms per replay, max |graph grad − eager grad| / max |eager grad|) of forward+backward."""
+    xi = x.detach().requires_grad_(input_grad)
+    grad_out = torch.randn(x.shape[0], grid.n_output_dims, device=x.device)
+    inputs = [grid.params] + ([xi] if input_grad else [])
+
+    def step() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(grid(xi), inputs, grad_out)
+
+    eager = step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    ms = timed(graph.replay, iters, x.device)
+    err = max(
+        ((c - e).abs().max() / e.abs().max()).item() for c, e in zip(captured, eager, strict=True)
+    )
+    return ms, err
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, nargs="+", default=[65536, 262144])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sweep", action="store_true", help="also time Triton block sizes")
+    parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replay")
     args = parser.parse_args()
     device = torch.device(args.device)
     settings = HashGridSettings()
@@ -83,6 +111,15 @@ def main() -> None:
                 print(
                     f"{backend:8} {n_dims:>2} {n:>8} {fwd:>9.3f} {both:>11.3f} {base / both:>8.1f}x"
                 )
+    if args.graph and device.type == "cuda":
+        print(f"{'backend':8} {'D':>2} {'points':>8} {'graph fwd+bwd ms':>17} {'rel. err':>9}")
+        for n_dims in (2, 3):
+            for n in args.points:
+                x = torch.rand(n, n_dims, device=device)
+                for backend in names:
+                    grid = make_hash_grid(n_dims, settings, backend, device)
+                    ms, err = bench_graph(grid, x, input_grad=n_dims == 2, iters=args.iters)
+                    print(f"{backend:8} {n_dims:>2} {n:>8} {ms:>17.3f} {err:>9.1e}")
     if args.sweep and backends["triton"]:
         from rna_engine.kernels import triton_hashgrid as th
 
