@@ -118,7 +118,11 @@ def main() -> None:
                 x = torch.rand(n, n_dims, device=device)
                 for backend in names:
                     grid = make_hash_grid(n_dims, settings, backend, device)
-                    ms, err = bench_graph(grid, x, input_grad=n_dims == 2, iters=args.iters)
+                    try:
+                        ms, err = bench_graph(grid, x, input_grad=n_dims == 2, iters=args.iters)
+                    except RuntimeError as exc:  # a backend that cannot be captured: say so
+                        print(f"{backend:8} {n_dims:>2} {n:>8} capture failed: {exc}")
+                        continue
                     print(f"{backend:8} {n_dims:>2} {n:>8} {ms:>17.3f} {err:>9.1e}")
     if args.sweep and backends["triton"]:
         from rna_engine.kernels import triton_hashgrid as th
