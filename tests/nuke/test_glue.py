@@ -1,0 +1,373 @@
+"""Tests of `rna_nuke/glue.py` and `gizmos/{init,menu}.py` on the fake-Nuke graph.
+
+The engine is a small stand-in client object (it is another process in real use): it records
+the spec, plays progress events and, when done, writes the cache files the engine would write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from rna_nuke import __version__, knobs
+from rna_nuke.protocol import EngineError
+
+REPO = Path(__file__).resolve().parents[2]
+GIZMOS = REPO / "gizmos"
+
+
+class Engine:
+    """Stand-in engine client: events, then (done) the cache files of DESIGN.md §4."""
+
+    def __init__(self, steps: int = 4, hold: threading.Event | None = None) -> None:
+        self.steps = steps
+        self.hold = hold
+        self.submitted: list[dict[str, Any]] = []
+        self.cancelled: list[str] = []
+        self.state = "running"
+
+    def hello(self) -> dict[str, Any]:
+        return {"protocol": 1, "device": "cuda:0"}
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        self.submitted.append(spec)
+        return "job-7"
+
+    def subscribe(
+        self,
+        job_id: str,
+        on_event: Callable[[dict[str, Any]], None],
+        should_stop: Callable[[], bool],
+        status_path: str | None = None,
+    ) -> dict[str, Any]:
+        last: dict[str, Any] = {"job_id": job_id, "state": "queued"}
+        for i in range(self.steps):
+            if should_stop():
+                return last
+            last = {"job_id": job_id, "state": "running", "stage": "fit",
+                    "progress": i / self.steps, "eta_s": 10.0}  # fmt: skip
+            on_event(last)
+            while self.hold is not None and not self.hold.is_set():
+                if should_stop():
+                    return last
+                time.sleep(0.005)
+        spec = self.submitted[-1]
+        root = Path(spec["out"]) / spec["name"] / f"v{spec['version']:03d}"
+        (root / "atlas").mkdir(parents=True, exist_ok=True)
+        (root / "atlas" / "atlas.exr").write_bytes(b"exr")
+        (root / "build.json").write_text(json.dumps({**spec, "engine_version": "0.1.0"}))
+        status = {"state": "done", "progress": 1.0, "stage": "bake", "build_hash": "feedbeef",
+                  "timings": {"fit": 12.0}}  # fmt: skip
+        (root / "status.json").write_text(json.dumps(status))
+        self.state = "done"
+        final = {"job_id": job_id, **status}
+        on_event(final)
+        return final
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        self.cancelled.append(job_id)
+        self.state = "cancelled"
+        return {"state": "cancelled"}
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return {"job_id": job_id, "state": self.state}
+
+
+@pytest.fixture
+def scene(fake_nuke: ModuleType, tmp_path: Path) -> dict[str, Any]:
+    """A saved script with plate Read (1001-1010) → RNAAtlasBuild ← Roto; reference 1005."""
+    nuke = fake_nuke
+    nuke.root()["name"].setValue(str(tmp_path / "shots" / "comp.nk"))
+    nuke.root()["first_frame"].setValue(1)
+    nuke.root()["last_frame"].setValue(100)
+    plate = nuke.nodes.Read(file=str(tmp_path / "plates" / "sh010.####.exr"), first=1001, last=1010)
+    roto = nuke.nodes.Roto()
+    plate.setSelected(True)
+    from rna_nuke import glue
+
+    node = glue.create_node("RNAAtlasBuild")
+    node.setInput(1, roto)
+    node["reference_frame"].setValue(1005)
+    cache = tmp_path / "shots" / "rna" / "RNAAtlasBuild1"
+    return {"nuke": nuke, "glue": glue, "node": node, "plate": plate, "roto": roto, "cache": cache}
+
+
+def _wait(job: Any) -> None:
+    assert job is not None and job.thread is not None
+    job.thread.join(5.0)
+    assert not job.thread.is_alive()
+
+
+def test_create_node_makes_a_group_with_rna_version(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    assert node.Class() == "Group"  # not a gizmo reference: renders without the plug-in
+    assert node.name() == "RNAAtlasBuild1"
+    assert node["rna_version"].value() == __version__
+    assert not node["rna_version"].visible()
+    assert node.input(0) is scene["plate"]  # connected to the selected node
+    assert node.maxInputs() == 3
+    inner = {n.name(): n for n in node.nodes()}
+    assert [n.name() for n in node.nodes() if n.Class() == "Input"] == ["plate", "roi", "holdout"]
+    assert "Viewer" not in {n.Class() for n in node.nodes()}
+    assert inner["Read_passes"]["file"].value() == "[value parent.cache_path]/passes/rna.####.exr"
+    assert inner["Read_atlas"]["file"].value() == "[value parent.cache_path]/atlas/atlas.exr"
+    switch = inner["view_switch"]
+    assert [switch.input(i).name() for i in range(5)] == [
+        "cache_ready_switch", "Read_atlas", "Merge_checker", "Merge_overlay", "Merge_recon",
+    ]  # fmt: skip
+    assert node.output().input(0) is switch
+    assert not node["first"].enabled()  # onCreate ran: range_mode is input
+    second = glue.create_node("RNAAtlasBuild")
+    assert second.name() == "RNAAtlasBuild2"
+    assert nuke.allNodes("Group") == [node, second]
+
+
+def test_default_cache_dir_is_beside_the_script(scene: dict[str, Any]) -> None:
+    glue, node = scene["glue"], scene["node"]
+    assert glue.evaluated_cache_dir(node) == str(scene["cache"])
+    assert glue.version_dir_of(node) == f"{scene['cache']}/v001"
+
+
+def test_build_sends_the_read_path_and_the_reference_frame(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    engine = Engine()
+    job = glue.build(node, client_factory=lambda: engine)
+    _wait(job)
+    spec = engine.submitted[0]
+    assert spec["plate"] == nuke.filename(scene["plate"])  # a plain Read is read directly
+    assert spec["reference_frame"] == 1005
+    assert spec["frames"] == "1001-1010"  # range_mode input: the plate's range
+    assert (spec["out"], spec["name"], spec["version"]) == (
+        str(scene["cache"].parent), "RNAAtlasBuild1", 1,
+    )  # fmt: skip
+    assert spec["roi"] == f"{scene['cache']}/v001/inputs/roi.exr"
+    assert spec["roi_channel"] == "A"
+    # the Roto was rendered by Nuke at the reference frame only, by a temporary Write
+    [render] = nuke.fake.executed
+    assert (render["start"], render["end"], render["upstream"]) == (1005, 1005, scene["roto"])
+    assert render["file"] == spec["roi"] and render["channels"] == "rgba"
+    assert nuke.allNodes("Write") == []
+    # progress reached 100 on the task; the node shows the finished cache
+    [task] = nuke.fake.progress_tasks
+    assert task.progress[-1] == 100 and task.progress == sorted(task.progress)
+    assert task.thread == job.thread.name
+    assert node["status"].value() == "done | 100%"
+    assert node["cache_ready"].value() is True
+    assert (node["cache_first"].value(), node["cache_last"].value()) == (1001, 1010)
+    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert node["info_cache_hash"].value() == "feedbeef"
+    assert node["job_id"].value() == "job-7"
+    assert node.node("Read_passes")["reload"].executions == 1
+    assert nuke.fake.thread_violations == []
+    assert "_finish" in nuke.fake.main_thread_calls
+    assert nuke.fake.messages == []
+
+
+def test_progress_task_cancel_sends_job_cancel(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    engine = Engine(steps=50)
+    nuke.fake.cancel_when = lambda task: len(task.progress) >= 2
+    job = glue.build(node, client_factory=lambda: engine)
+    _wait(job)
+    assert engine.cancelled == ["job-7"]
+    assert node["status"].value() == "cancelled"
+    assert node["cache_ready"].value() is False
+    assert nuke.fake.messages == []  # a cancel is not an error
+    assert nuke.fake.thread_violations == []
+
+
+def test_cancel_button_stops_the_running_build(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    engine = Engine(hold=threading.Event())
+    job = glue.build(node, client_factory=lambda: engine)
+    assert glue.running_job(node) is job
+    glue.build(node, client_factory=lambda: engine)  # a second Build is refused
+    assert nuke.fake.messages == ["RNAAtlasBuild1: a build is already running; Cancel it first"]
+    glue.cancel(node)
+    _wait(job)
+    assert engine.cancelled == ["job-7"]
+    assert len(engine.submitted) == 1
+    assert node["status"].value() == "cancelled"
+    assert glue.running_job(node) is None
+
+
+def test_headless_build_runs_synchronously_and_prints(
+    scene: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    nuke.GUI = False
+    engine = Engine(steps=2)
+    job = glue.build(node, client_factory=lambda: engine)
+    assert job is not None and job.thread is None  # no worker thread
+    assert nuke.fake.progress_tasks == [] and nuke.fake.main_thread_calls == []
+    assert capsys.readouterr().out.splitlines() == [
+        "RNA build   0% running | fit 0% | ETA 10s | GPU cuda:0",
+        "RNA build  50% running | fit 50% | ETA 10s | GPU cuda:0",
+        "RNA build 100% done | 100% | GPU cuda:0",
+        "RNA build done: done | 100% | GPU cuda:0",
+    ]
+    assert node["cache_ready"].value() is True
+
+
+def test_engine_error_is_one_message(scene: dict[str, Any], caplog: Any) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+
+    def no_engine() -> Engine:
+        raise EngineError("engine_start", "cannot run the engine interpreter /opt/py")
+
+    _wait(glue.build(node, client_factory=no_engine))
+    text = "RNA engine error (engine_start): cannot run the engine interpreter /opt/py"
+    assert nuke.fake.messages == [f"RNAAtlasBuild1: {text}"]
+    assert node["status"].value() == text
+    nuke.GUI = False  # headless: no dialog, the log
+    with caplog.at_level(logging.ERROR, logger="rna_nuke.glue"):
+        glue.build(node, client_factory=no_engine)
+    assert len(nuke.fake.messages) == 1
+    assert text in caplog.text
+
+
+def test_reference_outside_the_range_is_refused_before_anything_runs(
+    scene: dict[str, Any],
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    node["reference_frame"].setValue(2000)
+    engine = Engine()
+    assert glue.build(node, client_factory=lambda: engine) is None
+    message = "reference frame 2000 is outside the frame range 1001-1010"
+    assert nuke.fake.messages == [f"RNAAtlasBuild1: {message}"]
+    assert node["status"].value() == f"error: {message}"
+    assert engine.submitted == [] and nuke.fake.executed == []
+
+
+def test_a_graded_plate_is_rendered_over_the_custom_range(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    grade = nuke.nodes.Grade()
+    grade.setInput(0, scene["plate"])
+    node.setInput(0, grade)
+    node["range_mode"].setValue("custom")
+    node["first"].setValue(1003)
+    node["last"].setValue(1008)
+    engine = Engine(steps=1)
+    _wait(glue.build(node, client_factory=lambda: engine))
+    spec = engine.submitted[0]
+    assert spec["plate"] == f"{scene['cache']}/v001/inputs/plate.####.exr"
+    assert spec["frames"] == "1003-1008"
+    plate_render = next(r for r in nuke.fake.executed if "plate" in r["file"])
+    assert (plate_render["start"], plate_render["end"]) == (1003, 1008)
+    assert plate_render["upstream"] is grade
+
+
+def test_a_finished_version_is_never_rebuilt(scene: dict[str, Any]) -> None:
+    glue, node, cache = scene["glue"], scene["node"], scene["cache"]
+    (cache / "v001").mkdir(parents=True)
+    (cache / "v001" / "status.json").write_text(json.dumps({"state": "done"}))
+    engine = Engine(steps=1)
+    _wait(glue.build(node, client_factory=lambda: engine))
+    assert engine.submitted[0]["version"] == 2
+    assert node["version"].value() == 2
+    assert node["cache_path"].value() == f"{cache}/v002"
+
+
+def test_set_reference_button_uses_the_current_frame(scene: dict[str, Any]) -> None:
+    nuke, node = scene["nuke"], scene["node"]
+    nuke.frame(1007)
+    node["set_reference"].execute()  # the gizmo's own button code
+    assert node["reference_frame"].value() == 1007
+
+
+def test_knob_changed_guards_its_own_changes(scene: dict[str, Any]) -> None:
+    nuke, node = scene["nuke"], scene["node"]
+    assert nuke.fake.knob_changed_on_set  # Nuke 17.1: programmatic changes fire knobChanged
+    node["range_mode"].setValue("custom")
+    assert node["first"].enabled() and node["last"].enabled()
+    calls = nuke.fake.knob_changed_calls
+    node["version"].setValue(0)  # clamped to 1 by the callback, which fires it again
+    assert node["version"].value() == 1
+    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert nuke.fake.knob_changed_calls - calls == 3  # version, its clamp, cache_path; no loop
+
+
+def test_reload_reads_the_cache(scene: dict[str, Any]) -> None:
+    node, cache = scene["node"], scene["cache"]
+    root = cache / "v003"
+    (root / "atlas").mkdir(parents=True)
+    (root / "atlas" / "atlas.exr").write_bytes(b"exr")
+    (root / "build.json").write_text(json.dumps({"frames": "1001-1010"}))
+    (root / "status.json").write_text(json.dumps({"state": "done", "build_hash": "h3"}))
+    node["version"].setValue(3)
+    node["reload"].execute()
+    assert node["cache_path"].value() == str(root).replace("\\", "/")
+    assert node["cache_ready"].value() is True
+    assert node["info_cache_hash"].value() == "h3"
+    assert node.node("Read_passes")["reload"].executions == 1
+    assert node.node("Read_atlas")["reload"].executions == 1
+
+
+def test_open_cache_opens_the_version_folder(scene: dict[str, Any]) -> None:
+    nuke, glue, node, cache = scene["nuke"], scene["glue"], scene["node"], scene["cache"]
+    opened: list[list[str]] = []
+    glue.open_cache(node, opener=opened.append)
+    assert opened == [] and "does not exist yet" in nuke.fake.messages[0]
+    (cache / "v001").mkdir(parents=True)
+    glue.open_cache(node, opener=opened.append)
+    assert opened == [knobs.open_folder_command(f"{cache}/v001", sys.platform)]
+
+
+def test_submit_to_farm_without_the_farm_module(
+    scene: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    monkeypatch.setitem(sys.modules, "rna_nuke.farm", None)  # import fails as if absent
+    assert glue.submit_to_farm(node) is None
+    assert len(nuke.fake.messages) == 1
+    assert "farm submission is not installed" in nuke.fake.messages[0]
+
+
+def test_check_atlas_warns_on_lossy_and_stretched_atlases(fake_nuke: ModuleType) -> None:
+    nuke = fake_nuke
+    from rna_nuke import glue
+
+    plate = nuke.nodes.Read(file="/p/plate.####.exr")
+    atlas = nuke.nodes.Read(file="/p/atlas_painted.exr")
+    nuke.fake.set_format(plate, 1920, 1080)
+    nuke.fake.set_format(atlas, 2048, 2048)
+    nuke.fake.set_metadata(atlas, {"exr/compression": "DWAA"})
+    apply_node = nuke.nodes.Group()
+    with apply_node:
+        nuke.nodes.Input()
+        nuke.nodes.Input(number=1)
+    apply_node.setInput(0, plate)
+    apply_node.setInput(1, atlas)
+    warnings = glue.check_atlas(apply_node)
+    assert len(warnings) == 2
+    assert "lossy" in warnings[0] and "2048x2048" in warnings[1]
+    assert len(nuke.fake.messages) == 1 and "lossy" in nuke.fake.messages[0]
+    nuke.fake.set_format(atlas, 1920, 1080)
+    nuke.fake.set_metadata(atlas, {"exr/compression": "Zip (1 scanline)"})
+    assert glue.check_atlas(apply_node) == []
+
+
+def test_init_puts_the_package_on_sys_path(fake_nuke: ModuleType) -> None:
+    sys.path[:] = [p for p in sys.path if Path(p).resolve() != REPO]
+    runpy.run_path(str(GIZMOS / "init.py"))
+    assert str(REPO) in sys.path
+
+
+def test_menu_adds_an_rna_toolbar_that_creates_groups(fake_nuke: ModuleType) -> None:
+    nuke = fake_nuke
+    runpy.run_path(str(GIZMOS / "menu.py"))
+    toolbar = nuke.menu("Nodes").findItem("RNA")
+    assert [item.name() for item in toolbar.items()] == ["RNAAtlasBuild", "RNAApply"]
+    toolbar.findItem("RNAAtlasBuild").invoke()
+    [node] = nuke.allNodes()
+    assert (node.Class(), node.name()) == ("Group", "RNAAtlasBuild1")
