@@ -288,7 +288,7 @@ def build(node: nuke.Node, client_factory: ClientFactory | None = None) -> jobs.
     with _LOCK:
         _JOBS[name] = job
     job.start(
-        on_done=lambda result: _done_in_thread(name, result),
+        on_done=lambda result: _done_in_thread(job, name, result),
         on_thread_start=lambda j: _attach_progress_task(j, name),
     )
     return job
@@ -311,9 +311,11 @@ def _attach_progress_task(job: jobs.BuildJob, name: str) -> None:
     job.on_submitted = lambda job_id: nuke.executeInMainThread(_set_knob, (name, "job_id", job_id))
 
 
-def _done_in_thread(name: str, result: jobs.JobResult) -> None:
+def _done_in_thread(job: jobs.BuildJob, name: str, result: jobs.JobResult) -> None:
+    # the ProgressTask's bar closes when the last reference to it goes
+    job.on_progress = job.is_cancelled = job.on_submitted = None
     with _LOCK:
-        _TASKS.pop(name, None)  # closes the progress bar
+        _TASKS.pop(name, None)
     nuke.executeInMainThread(_finish, (name, result))
 
 
@@ -489,19 +491,28 @@ def farm_submit(spec: dict[str, Any], frames: tuple[int, int], engine_python: st
 
 
 def check_atlas(node: nuke.Node) -> list[str]:
-    """RNAApply's "check atlas" button: warn on a lossy or re-formatted painted atlas."""
-    plate, atlas = node.input(0), node.input(1)
+    """RNAApply's "check atlas" button: warn on a lossy or re-formatted painted atlas.
+
+    The painted atlas (input 1) is compared with the original atlas the Group reads from the
+    cache (its internal `ReadAtlas`), else with the plate (input 0).
+    """
+    atlas = node.input(1)
     if atlas is None:
         _report(f"{node.fullName()}: connect the painted atlas to input 1 (atlas)")
         return ["atlas input is not connected"]
+    reference = node.node("ReadAtlas") if isinstance(node, nuke.Group) else None
+    if reference is None:
+        reference = node.input(0)
     metadata = atlas.metadata() or {}
     atlas_size = (int(atlas.width()), int(atlas.height()))
-    plate_size = (int(plate.width()), int(plate.height())) if plate is not None else None
-    warnings = knobs.atlas_warnings(metadata, atlas_size, plate_size)
+    reference_size = (
+        (int(reference.width()), int(reference.height())) if reference is not None else None
+    )
+    warnings = knobs.atlas_warnings(metadata, atlas_size, reference_size)
     if warnings:
         _report(f"{node.fullName()}:\n- " + "\n- ".join(warnings))
     elif nuke.GUI:
-        nuke.message(f"{node.fullName()}: the atlas looks fine (lossless, plate aspect ratio)")
+        nuke.message(f"{node.fullName()}: the atlas looks fine (lossless, same aspect ratio)")
     return warnings
 
 

@@ -682,7 +682,8 @@ def atlas_warnings(
 
     Args:
         metadata: the atlas input's metadata (`exr/compression` as Nuke reports it).
-        atlas_size, plate_size: (width, height) of the atlas and plate inputs, if connected.
+        atlas_size: (width, height) of the painted atlas.
+        plate_size: (width, height) of the original atlas (or the plate), if known.
     """
     warnings: list[str] = []
     compression = metadata.get("exr/compression")
@@ -699,7 +700,7 @@ def atlas_warnings(
         plate_aspect = plate_size[0] / plate_size[1]
         if abs(atlas_aspect / plate_aspect - 1.0) > 0.01:
             warnings.append(
-                f"atlas is {atlas_size[0]}x{atlas_size[1]} but the plate is "
+                f"atlas is {atlas_size[0]}x{atlas_size[1]} but the original is "
                 f"{plate_size[0]}x{plate_size[1]}: the aspect ratio differs, so the paint will be "
                 "stretched. Keep the atlas in the format the build wrote (no crop or reformat)."
             )

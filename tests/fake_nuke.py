@@ -657,6 +657,13 @@ _LENIENT_CLASSES = {
     "Multiply",
     "Add",
     "Clamp",
+    "Remove",
+    "ChannelMerge",
+    "Keyer",
+    "FrameHold",
+    "TimeOffset",
+    "AppendClip",
+    "Crop",
 }
 """Classes whose many knobs this fake does not list: knobs set by name are created on demand."""
 _DEFAULT_FORMAT = (1920, 1080)

@@ -12,6 +12,7 @@ import runpy
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -161,6 +162,10 @@ def test_build_sends_the_read_path_and_the_reference_frame(scene: dict[str, Any]
     [task] = nuke.fake.progress_tasks
     assert task.progress[-1] == 100 and task.progress == sorted(task.progress)
     assert task.thread == job.thread.name
+    task_ref = weakref.ref(task)
+    del task
+    nuke.fake.progress_tasks.clear()
+    assert task_ref() is None  # released: Nuke closes the progress bar
     assert node["status"].value() == "done | 100%"
     assert node["cache_ready"].value() is True
     assert (node["cache_first"].value(), node["cache_last"].value()) == (1001, 1010)
@@ -247,6 +252,15 @@ def test_reference_outside_the_range_is_refused_before_anything_runs(
     assert nuke.fake.messages == [f"RNAAtlasBuild1: {message}"]
     assert node["status"].value() == f"error: {message}"
     assert engine.submitted == [] and nuke.fake.executed == []
+
+
+def test_an_unsaved_script_has_no_default_cache(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    nuke.root()["name"].setValue("")
+    assert glue.build(node, client_factory=Engine) is None
+    assert nuke.fake.messages == [
+        "RNAAtlasBuild1: cache folder: save the script first (the default cache is beside it)"
+    ]
 
 
 def test_a_graded_plate_is_rendered_over_the_custom_range(scene: dict[str, Any]) -> None:
@@ -355,6 +369,78 @@ def test_check_atlas_warns_on_lossy_and_stretched_atlases(fake_nuke: ModuleType)
     nuke.fake.set_format(atlas, 1920, 1080)
     nuke.fake.set_metadata(atlas, {"exr/compression": "Zip (1 scanline)"})
     assert glue.check_atlas(apply_node) == []
+
+
+def test_rnaapply_check_atlas_button_compares_with_the_original_atlas(
+    fake_nuke: ModuleType,
+) -> None:
+    nuke = fake_nuke
+    from rna_nuke import glue
+
+    plate = nuke.nodes.Read(file="/p/plate.####.exr")
+    painted = nuke.nodes.Read(file="/p/atlas_painted.exr")
+    node = glue.create_node("RNAApply")
+    assert (node.Class(), node.name(), node["rna_version"].value()) == (
+        "Group", "RNAApply1", __version__,
+    )  # fmt: skip
+    node.setInput(0, plate)
+    node.setInput(1, painted)
+    nuke.fake.set_format(node.node("ReadAtlas"), 2048, 1024)  # atlas_scale 2 of a 2:1 plate
+    nuke.fake.set_format(painted, 1024, 512)  # painted at half size: fine
+    nuke.fake.set_metadata(painted, {"exr/compression": "Zip (16 scanlines)"})
+    node["check_atlas"].execute()  # the gizmo's own button
+    assert nuke.fake.messages == ["RNAApply1: the atlas looks fine (lossless, same aspect ratio)"]
+    nuke.fake.set_format(painted, 1024, 1024)
+    nuke.fake.set_metadata(painted, {"exr/compression": "DWAB"})
+    node["check_atlas"].execute()
+    assert "lossy" in nuke.fake.messages[1] and "1024x1024" in nuke.fake.messages[1]
+
+
+def test_submit_to_farm_writes_a_bundle(
+    scene: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    script = Path(nuke.root()["name"].value())
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text("#! nuke -nx\nversion 15.1 v2\nRoot {\n}\n")
+    write = nuke.nodes.Write(file=str(tmp_path / "out" / "comp.####.exr"))
+    write.setInput(0, node)
+    monkeypatch.setenv("RNA_ENGINE_PYTHON", sys.executable)
+    monkeypatch.delenv("RNA_FARM_SUBMIT", raising=False)
+    text = glue.submit_to_farm(node)
+    assert text is not None and text.startswith("farm bundle written to "), nuke.fake.messages
+    bundle = Path(text.split(" to ", 1)[1].split(" (set ")[0])
+    job = json.loads((bundle / "job.json").read_text())
+    assert job["frames"] in ("1001-1010", [1001, 1010])
+    spec = json.loads((script.parent / "RNAAtlasBuild1.build.json").read_text())
+    assert spec["reference_frame"] == 1005
+    assert nuke.fake.executed[0]["file"].endswith("/v001/inputs/roi.exr")  # rendered locally
+
+
+@pytest.mark.parametrize("name", ["RNAAtlasBuild", "RNAApply"])
+def test_fake_nuke_wires_gizmos_as_nkparse_does(fake_nuke: ModuleType, name: str) -> None:
+    """Two independent readings of the gizmo text (the fake's and nkparse's) agree."""
+    import nkparse
+
+    from rna_nuke import glue
+
+    [parsed] = nkparse.parse_file(GIZMOS / f"{name}.gizmo").groups()
+    node = glue.create_node(name)
+
+    def wiring(children: Any, name_of: Callable[[Any], str], inputs_of: Any) -> dict:
+        return {name_of(c): [name_of(i) if i else None for i in inputs_of(c)] for c in children}
+
+    expected = wiring(parsed.children, lambda n: n.name, lambda n: n.inputs)
+    got = wiring(
+        node.nodes(), lambda n: n.name(), lambda n: [n.input(i) for i in range(n.inputs())]
+    )
+    trim = {k: [*v] for k, v in expected.items()}
+    for inputs in trim.values():
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+    assert got == trim
+    user = [k.name for k in parsed.user_knobs]
+    assert all(node.knob(k) is not None for k in user)
 
 
 def test_init_puts_the_package_on_sys_path(fake_nuke: ModuleType) -> None:
