@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from . import __version__
@@ -705,9 +705,3 @@ def atlas_warnings(
                 "stretched. Keep the atlas in the format the build wrote (no crop or reformat)."
             )
     return warnings
-
-
-def plain_values(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """`values` restricted to `names`, defaults filling the gaps."""
-    defaults = default_values()
-    return {n: values.get(n, defaults.get(n)) for n in names}
