@@ -702,6 +702,10 @@ class Service:
         log.info("shutdown requested")
         return {"stopping": True}  # `_handle` stops the service once this reply is sent
 
+    def _wait_change(self, job: Job, seen: int) -> None:
+        """With the lock held: wait until `job` changes or a heartbeat is due."""
+        self._changed.wait_for(lambda: job.seq != seen, timeout=self.heartbeat_s)
+
     def _subscribe(self, conn: socket.socket, request_id: str, body: dict[str, Any]) -> None:
         try:
             with self._lock:
@@ -717,9 +721,7 @@ class Service:
             while True:
                 with self._lock:
                     if job.state not in FINAL_STATES:
-                        self._changed.wait_for(
-                            lambda s=seen: job.seq != s, timeout=self.heartbeat_s
-                        )
+                        self._wait_change(job, seen)
                     heartbeat = job.seq == seen and job.state not in FINAL_STATES
                     seen = job.seq
                     event = job.snapshot(heartbeat=heartbeat)

@@ -100,13 +100,11 @@ def start_engine(
     if os.environ.get("RNA_ENGINE_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["RNA_ENGINE_PYTHONPATH"]
     command = [exe, "-m", "rna_engine", "serve", "--device", device]
-    detach: dict[str, object] = {}
-    if sys.platform == "win32":
+    windows = sys.platform == "win32"
+    flags = 0
+    if windows:
         flags = getattr(subprocess, "DETACHED_PROCESS", 0)
         flags |= getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        detach["creationflags"] = flags
-    else:
-        detach["start_new_session"] = True  # survives Nuke's process group and its signals
     try:
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
@@ -117,7 +115,8 @@ def start_engine(
                 cwd=str(home),
                 env=env,
                 close_fds=True,
-                **detach,  # type: ignore[arg-type]
+                creationflags=flags,
+                start_new_session=not windows,  # survives Nuke's process group and its signals
             )
     except OSError as err:
         raise EngineError(
