@@ -37,6 +37,7 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -225,6 +226,8 @@ def write_discovery(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return True  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows; the port probe decides
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -349,13 +352,21 @@ class Job:
 
 
 def _find_cache_dir(spec: BuildSpec, since: float) -> str | None:
-    """The version folder of `spec` whose `status.json` was updated since `since` (epoch s).
+    """The version folder of `spec`: the one it names, else the one whose `status.json` was
+    updated since `since` (epoch s).
 
-    The pipeline picks the version; the service learns it from the status file it keeps current.
+    With `version: 0` the pipeline picks the version; the service learns it from the status
+    file the pipeline keeps current.
     """
     build_dir = spec.resolve(spec.out) / spec.name
+    if spec.version > 0:
+        return str(build_dir / f"v{spec.version:03d}")
     best: tuple[float, Path] | None = None
-    for folder in version_dirs(build_dir):
+    try:
+        folders = version_dirs(build_dir)
+    except OSError:
+        return None
+    for folder in folders:
         status = read_status(BuildPaths(folder))
         updated = (status or {}).get("updated")
         if isinstance(updated, int | float) and updated >= since - 1.0:
@@ -666,12 +677,11 @@ class Service:
                 assert job is not None
                 log.info("job %s: identical spec, existing job (%s)", job_id, job.state)
                 return {"job_id": job_id, "state": job.state, "existing": True}
-            if job is None:
-                job = Job(job_id=job_id, spec=spec, spec_hash=digest)
-                self._jobs[job_id] = job
-            else:  # failed or cancelled before: run it again under the same id
-                job = Job(job_id=job_id, spec=spec, spec_hash=digest, attempt=job.attempt + 1)
-                self._jobs[job_id] = job
+            attempt = 1 if job is None else job.attempt + 1  # failed or cancelled: run again
+            job = Job(job_id=job_id, spec=spec, spec_hash=digest, attempt=attempt)
+            if spec.version > 0:  # the client named the version: status.json is known now
+                job.cache_dir = _find_cache_dir(spec, job.submitted)
+            self._jobs[job_id] = job
             job.seq += 1
             self._changed.notify_all()
         log.info("job %s queued: %s -> %s/%s", job_id, spec.plate, spec.out, spec.name)

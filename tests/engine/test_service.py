@@ -274,18 +274,21 @@ def test_cancel_stops_the_job_and_finalises_status_json(
 ) -> None:
     runner.gate = threading.Event()  # holds the job in `fit` until cancelled
     c = client(service)
-    job_id = c.call("build.submit", spec_for(tmp_path))["body"]["job_id"]
+    job_id = c.call("build.submit", spec_for(tmp_path, version=1))["body"]["job_id"]
+    status_path = tmp_path / "cache" / "shot" / "v001" / "status.json"
+    # the spec names its version, so the job knows its status.json from the start
+    assert c.call("job.status", {"job_id": job_id})["body"]["status_path"] == str(status_path)
     assert wait_state(service, job_id, ("running",))["state"] == "running"
     t0 = time.monotonic()
     reply = c.call("job.cancel", {"job_id": job_id})["body"]
     assert reply["cancel_requested"] is True
     final = wait_state(service, job_id, ("cancelled", "failed", "done"), timeout_s=3.0)
     assert final["state"] == "cancelled" and time.monotonic() - t0 < 3.0
-    on_disk = json.loads((tmp_path / "cache" / "shot" / "v001" / "status.json").read_text())
+    on_disk = json.loads(status_path.read_text())
     assert on_disk["state"] == "cancelled" and on_disk["finished"] is not None
     # a cancelled job runs again when submitted again (same id, next attempt)
     runner.gate.set()
-    again = c.call("build.submit", spec_for(tmp_path))["body"]
+    again = c.call("build.submit", spec_for(tmp_path, version=1))["body"]
     assert again["job_id"] == job_id and again["existing"] is False
     assert wait_state(service, job_id, ("done",))["attempt"] == 2
 
