@@ -92,11 +92,11 @@ class FlowSettings:
     """Finest DIS pyramid level (0 = full working resolution, 1 = half, ...)."""
     dis_patch_size_px: int = 8
     """DIS patch edge, pixels of the pyramid level."""
-    dis_patch_stride_px: int = 3
+    dis_patch_stride_px: int = 4
     """Distance between neighbouring DIS patches, pixels (smaller: denser, slower)."""
-    dis_gradient_descent_iterations: int = 25
+    dis_gradient_descent_iterations: int = 16
     """Inverse-search iterations per DIS patch and level."""
-    dis_variational_iterations: int = 5
+    dis_variational_iterations: int = 10
     """Variational refinement iterations per DIS level (0 disables the refinement)."""
     raft_iterations: int = 20
     """RAFT recurrent flow updates per pair."""
@@ -270,23 +270,63 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class MatteSettings:
-    """Soft matte from the refined mask (ALGORITHM.md §6)."""
+    """Soft matte from the refined mask (ALGORITHM.md §6; `rna_engine/matte.py`)."""
 
     backend: Literal["guided", "vitmatte"] = "guided"
     """Matting: weight-free guided-filter matting, or ViTMatte (installed weights)."""
     band_px: float = 3.0
     """Width of the trimap's unknown band at working resolution, pixels (scaled to the plate)."""
     guided_radius_px: int = 4
-    """Guided-filter radius at plate resolution, pixels."""
+    """Guided-filter radius at plate resolution, pixels; raised to the band's full width when
+    smaller, so every window over the band reaches sure pixels."""
     guided_eps: float = 1e-3
-    """Guided-filter regularisation."""
+    """Guided-filter regularisation (variance of the 0..1 display-encoded guide)."""
     temporal_weight: float = 0.5
     """Blend of the previous frame's matte (warped by the fitted UVs) into the current one."""
+    guide_encoding: Literal["srgb", "log"] = "srgb"
+    """Encoding of the linear plate used as the matting guide: sRGB of values clipped to 0..1,
+    or log2 over 2^-8..2^4 (keeps edges inside highlights). ViTMatte always gets sRGB."""
+    uncertain_mask: float = 0.05
+    """Mask values within this of 0 or 1 count as decided; values between join the unknown band
+    (0..0.5, 0 = binarised band only)."""
+    unknown_weight: float = 0.0
+    """Trust in the binarised mask inside the band when fitting the guided filter (0..1; 0 =
+    fit each window's colour model on the sure pixels only)."""
+    closed_form_iterations: int = 60
+    """Conjugate-gradient steps of the closed-form (matting Laplacian) refinement of the band;
+    0 = guided filter only."""
+    closed_form_radius_px: int = 1
+    """Window radius of the matting Laplacian, plate pixels."""
+    closed_form_eps: float = 1e-5
+    """Regularisation of the matting Laplacian (variance of the 0..1 guide)."""
+    tile_px: int = 1024
+    """Tile edge of the guided/closed-form matting, plate pixels (bounds memory at 4K)."""
+    temporal_tolerance: float = 0.3
+    """Matte difference (0..1) at which the temporal blend fades out, so an edge that really
+    moved is not dragged; 0 disables the fade."""
+    vitmatte_dir: str = ""
+    """ViTMatte weights folder (`save_pretrained` layout); empty: `$RNA_HOME/models/vitmatte`."""
+    vitmatte_tile_px: int = 1024
+    """ViTMatte tile edge at plate resolution, pixels (multiple of 32)."""
+    vitmatte_overlap_px: int = 128
+    """Overlap of neighbouring ViTMatte tiles, pixels; blended with linear feathering."""
 
     def __post_init__(self) -> None:
         _require(self.band_px >= 0, "matte.band_px", "must be >= 0")
         _require(self.guided_radius_px >= 1, "matte.guided_radius_px", "must be >= 1")
+        _require(self.guided_eps > 0, "matte.guided_eps", "must be > 0")
         _require(0 <= self.temporal_weight < 1, "matte.temporal_weight", "must be in [0,1)")
+        _require(0 <= self.uncertain_mask < 0.5, "matte.uncertain_mask", "must be in [0,0.5)")
+        _require(0 <= self.unknown_weight <= 1, "matte.unknown_weight", "must be in [0,1]")
+        _require(self.closed_form_iterations >= 0, "matte.closed_form_iterations", "must be >= 0")
+        _require(self.closed_form_radius_px >= 1, "matte.closed_form_radius_px", "must be >= 1")
+        _require(self.closed_form_eps > 0, "matte.closed_form_eps", "must be > 0")
+        _require(self.tile_px >= 64, "matte.tile_px", "must be >= 64")
+        _require(self.temporal_tolerance >= 0, "matte.temporal_tolerance", "must be >= 0")
+        _require(self.vitmatte_tile_px >= 64 and self.vitmatte_tile_px % 32 == 0,
+                 "matte.vitmatte_tile_px", "must be a multiple of 32, >= 64")
+        _require(0 <= self.vitmatte_overlap_px <= self.vitmatte_tile_px // 2,
+                 "matte.vitmatte_overlap_px", "must be in 0..vitmatte_tile_px/2")
 
 
 @dataclass(frozen=True)
