@@ -770,14 +770,16 @@ class Service:
                     error={"code": "internal", "message": "worker error (see log)"},
                 )
 
-    def _resolve_runner(self) -> tuple[Runner, Mapping[str, float]]:
+    def _resolve_runner(
+        self,
+    ) -> tuple[Runner, Mapping[str, float], Callable[[BuildSpec], Any] | None]:
+        """(runner, stage weights, planner); the planner names a build's version folder."""
         if self._runner is not None:
-            return self._runner, self._stage_weights or {}
+            return self._runner, self._stage_weights or {}, None
         from . import pipeline  # torch and the stages load only when a job runs
 
-        runner = pipeline.run_build
         weights = self._stage_weights or dict(pipeline.STAGE_WEIGHTS)
-        return runner, weights
+        return pipeline.run_build, weights, pipeline.prepare
 
     def _job_device(self, spec: BuildSpec) -> str:
         if spec.device == "auto":
@@ -816,7 +818,10 @@ class Service:
         error: dict[str, str] | None = None
         state = "done"
         try:
-            runner, weights = self._resolve_runner()
+            runner, weights, planner = self._resolve_runner()
+            if planner is not None and job.cache_dir is None:
+                # the folder run_build will pick: clients learn status.json before progress
+                self._update(job, cache_dir=str(planner(job.spec)[0].root))
             tracker = ProgressTracker(weights, sinks=[sink])
             ctx = RunContext(
                 device=self._job_device(job.spec),

@@ -530,3 +530,51 @@ def test_serve_subprocess_runs_the_real_pipeline(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(f"rna_engine.{m}") is None for m in ("pipeline", "bake", "qc")),
+    reason="the real pipeline's modules (rna_engine/pipeline.py, bake.py, qc.py) are not all there",
+)
+def test_serve_subprocess_cancels_a_real_build(tmp_path: Path) -> None:
+    """A real (tiny, CPU) build is cancelled mid-run; the cache says so."""
+    from rna_engine.synth import make_shot, write_shot
+
+    shot = make_shot("tiny")
+    write_shot(shot, tmp_path / "shot", truth=False, srgb=False)
+    spec = {
+        "plate": str(tmp_path / "shot" / "plate" / "plate.####.exr"),
+        "roi": str(tmp_path / "shot" / "roi.exr"),
+        "reference_frame": shot.reference_frame,
+        "out": str(tmp_path / "cache"),
+        "device": "cpu",
+        "settings": {"preset": "draft"},
+    }
+    home = tmp_path / "home"
+    proc, data = _start_engine(home)
+    try:
+        c = Raw(data["port"], data["token"])
+        job_id = c.call("build.submit", spec)["body"]["job_id"]
+        canceller = Raw(data["port"], data["token"])
+        request_id = c.send("job.subscribe", {"job_id": job_id})
+        assert c.recv()["id"] == request_id
+        c.sock.settimeout(60)
+        stages: list[str] = []
+        cancelled_at = None
+        while (event := c.recv()["body"])["state"] not in ("done", "failed", "cancelled"):
+            stages.append(event["stage"])
+            if cancelled_at is None and event["stage"] in ("correspondences", "fit"):
+                canceller.call("job.cancel", {"job_id": job_id})
+                cancelled_at = time.monotonic()
+        assert event["state"] == "cancelled", event
+        assert cancelled_at is not None and time.monotonic() - cancelled_at < 10.0
+        assert "ingest" in stages
+        status_path = Path(event["status_path"])
+        assert status_path.parent == tmp_path / "cache" / "shot" / "v001"
+        assert json.loads(status_path.read_text())["state"] == "cancelled"
+        assert not list(status_path.parent.rglob("*.tmp*"))  # no half-written file left
+        c.call("shutdown")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
