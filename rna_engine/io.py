@@ -240,6 +240,7 @@ def _parts(inp: Any) -> list[Any]:
         specs.append(inp.spec().copy() if hasattr(inp.spec(), "copy") else inp.spec())
         index += 1
     inp.seek_subimage(0, 0)
+    inp.geterror()  # clears the error left by seeking one past the last part
     return specs
 
 

@@ -373,14 +373,14 @@ def make_shot(preset: str = "tiny", seed: int = 0, **overrides: Any) -> SynthSho
     return SynthShot(ShotParams(**values))
 
 
-def test_edit(width: int, height: int, roi: np.ndarray | None = None) -> np.ndarray:
+def paint_pattern(width: int, height: int, roi: np.ndarray | None = None) -> np.ndarray:
     """A recognisable test paint (RGBA, linear): a ring, a bar and a dot pattern over the ROI."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     cx, cy = width / 2, height / 2
     if roi is not None and roi.any():
         rows, cols = np.nonzero(roi > 0.5)
         cy, cx = rows.mean(), cols.mean()
-        span = 0.5 * min(rows.ptp() + 1, cols.ptp() + 1)
+        span = 0.5 * min(np.ptp(rows) + 1, np.ptp(cols) + 1)
     else:
         span = 0.25 * min(width, height)
     r = np.hypot(xs - cx, ys - cy)

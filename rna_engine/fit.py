@@ -1,0 +1,610 @@
+"""Fitting the RNA fields: identity pre-training, joint atlas estimation, mask refinement.
+
+ALGORITHM.md §2, §4, §5, with the performance design of §8.1: frames, flows and masks live on
+the device; sampling happens there, stratified so every step has reference-frame and ROI
+samples; one concatenated batch goes through T per step; matches are computed once; losses are
+read back only every `log_every` steps (the loop never waits for the host otherwise).
+Checkpoints go to `work/` every `checkpoint_every` steps; a rerun resumes from the last one.
+Fixes of the authors' bugs (§8.6): position loss on the ROI (configurable), no checkpoint
+selection on one easy frame, correct splatting for the candidate set, seeds everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import losses
+from .cache import atomic_path
+from .context import RunContext
+from .errors import FitDiverged, InputError
+from .fields import RNAFields
+from .flow import Correspondences
+from .settings import FitSettings, RefineSettings
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FRAMES = 70
+"""Shot length the presets' step counts are tuned for (`FitSettings.scale_with_shot`)."""
+
+
+@dataclass
+class ShotTensors:
+    """The shot at working resolution, on the fit's device."""
+
+    frames: Tensor
+    """(N, 3, H, W) float32 working-encoded colour in [0, 1]."""
+    roi: Tensor
+    """(H, W) float32 {0, 1}: ROI on the reference frame."""
+    reference_index: int
+    corr: Correspondences
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[3])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Coordinate normalisation of ALGORITHM.md §1.2 for one shot."""
+
+    width: int
+    height: int
+    n_frames: int
+
+    @property
+    def rez(self) -> int:
+        return max(self.width, self.height)
+
+    @property
+    def half_rez(self) -> float:
+        return self.rez / 2.0
+
+    def xyt_norm(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        """Working pixels (x column, y row, centres at integers) and frame index → (B, 3)."""
+        h = self.half_rez
+        return torch.stack([x / h - 1.0, y / h - 1.0, t / (self.n_frames / 2.0) - 1.0], -1)
+
+    def t_norm(self, t: Tensor) -> Tensor:
+        return t / (self.n_frames / 2.0) - 1.0
+
+    def xy_extent(self) -> tuple[float, float]:
+        """Largest xy_norm of the frame, per axis."""
+        h = self.half_rez
+        return ((self.width - 1) / h - 1.0, (self.height - 1) / h - 1.0)
+
+    def uv_to_px(self, uv: Tensor) -> Tensor:
+        """uv_norm → working-resolution pixel position of the reference frame (atlas raster)."""
+        return (uv + 1.0) * self.half_rez
+
+
+@dataclass
+class FitResult:
+    """The fitted fields and what the later stages need."""
+
+    model: RNAFields
+    geometry: Geometry
+    reference_index: int
+    atlas_box: tuple[float, float, float, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    steps_per_s: dict[str, float] = field(default_factory=dict)
+
+
+def atlas_box_for(roi: Tensor, geometry: Geometry, margin: float = 0.25) -> tuple[float, ...]:
+    """uv_norm box around the ROI (with a relative margin) that the atlas grid spans."""
+    rows, cols = torch.nonzero(roi > 0.5, as_tuple=True)
+    h = geometry.half_rez
+    x0, x1 = cols.min().item(), cols.max().item()
+    y0, y1 = rows.min().item(), rows.max().item()
+    pad_x = margin * (x1 - x0 + 1) + 4
+    pad_y = margin * (y1 - y0 + 1) + 4
+    side = max(x1 - x0 + 1 + 2 * pad_x, y1 - y0 + 1 + 2 * pad_y)  # square: isotropic cells
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (
+        (cx - side / 2) / h - 1.0,
+        (cy - side / 2) / h - 1.0,
+        (cx + side / 2) / h - 1.0,
+        (cy + side / 2) / h - 1.0,
+    )
+
+
+def scaled_steps(steps: int, n_frames: int, enabled: bool) -> int:
+    """Step count scaled with shot length (clamped to ¼…2× of the preset's)."""
+    if not enabled:
+        return steps
+    return max(1, int(round(steps * min(2.0, max(0.25, n_frames / REFERENCE_FRAMES)))))
+
+
+class Sampler:
+    """Stratified pixel sampling on the device: reference frame, ROI neighbourhood, everything."""
+
+    def __init__(
+        self, shot: ShotTensors, settings: FitSettings, generator: torch.Generator, batch: int
+    ) -> None:
+        n, h, w = shot.n_frames, shot.height, shot.width
+        self.n, self.h, self.w = n, h, w
+        self.generator = generator
+        self.n_ref = int(batch * settings.reference_fraction)
+        self.n_roi = int(batch * settings.roi_fraction)
+        self.n_all = batch - self.n_ref - self.n_roi
+        # ROI neighbourhood: bootstrap masks dilated by a few pixels (where the ROI may be).
+        boot = shot.corr.bootstrap.float()[:, None]
+        near = torch.nn.functional.max_pool2d(boot, 9, stride=1, padding=4)[:, 0] > 0.5
+        idx = torch.nonzero(near.reshape(-1), as_tuple=True)[0]
+        if idx.numel() == 0:
+            idx = torch.arange(n * h * w, device=boot.device)
+        self.roi_index = idx
+        self.reference_index = shot.reference_index
+        self.device = boot.device
+
+    def sample(self) -> Tensor:
+        """(B,) flat pixel indices into (N, H, W)."""
+        g, dev = self.generator, self.device
+        hw = self.h * self.w
+        parts = [torch.randint(0, self.n * hw, (self.n_all,), generator=g, device=dev)]
+        if self.n_ref:
+            parts.append(
+                self.reference_index * hw
+                + torch.randint(0, hw, (self.n_ref,), generator=g, device=dev)
+            )
+        if self.n_roi:
+            pick = torch.randint(0, self.roi_index.numel(), (self.n_roi,), generator=g, device=dev)
+            parts.append(self.roi_index[pick])
+        return torch.cat(parts)
+
+
+def _gather(image: Tensor, t: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """image (N, C, H, W) at integer (t, y, x) → (B, C)."""
+    return image[t, :, y, x]
+
+
+def _sample_bilinear(image: Tensor, t: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """image (N, H, W) at real (x, y) of frames t, edges clamped → (B,)."""
+    n, h, w = image.shape
+    x = x.clamp(0, w - 1)
+    y = y.clamp(0, h - 1)
+    x0 = x.floor().long().clamp(0, w - 2) if w > 1 else x.floor().long()
+    y0 = y.floor().long().clamp(0, h - 2) if h > 1 else y.floor().long()
+    fx, fy = x - x0, y - y0
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    return (image[t, y0, x0] * (1 - fx) + image[t, y0, x1] * fx) * (1 - fy) + (
+        image[t, y1, x0] * (1 - fx) + image[t, y1, x1] * fx
+    ) * fy
+
+
+class Fitter:
+    """Runs the three fit stages on one shot (ALGORITHM.md §4, §5)."""
+
+    def __init__(
+        self,
+        shot: ShotTensors,
+        fit: FitSettings,
+        refine: RefineSettings,
+        ctx: RunContext,
+        grid_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.shot = shot
+        self.fit = fit
+        self.refine_settings = refine
+        self.ctx = ctx
+        self.device = torch.device(ctx.device)
+        self.geometry = Geometry(shot.width, shot.height, shot.n_frames)
+        self.atlas_box = atlas_box_for(shot.roi, self.geometry)
+        torch.manual_seed(ctx.seed)
+        self.model = RNAFields(fit, self.atlas_box, self.geometry.xy_extent(), grid_factory)
+        self.model.to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(ctx.seed)
+        self.history: list[dict[str, float]] = []
+        self.timings_s: dict[str, float] = {}
+        self.steps_per_s: dict[str, float] = {}
+        n = shot.n_frames
+        self.pretrain_steps = scaled_steps(fit.pretrain_steps, n, fit.scale_with_shot)
+        self.iterations = scaled_steps(fit.iterations, n, fit.scale_with_shot)
+        self.refine_steps = scaled_steps(refine.iterations, n, fit.scale_with_shot)
+        self.ckpt_path = ctx.work_dir / "fit.ckpt" if ctx.work_dir else None
+
+    # --------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _save(self, stage: str, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        if self.ckpt_path is None:
+            return
+        state = {
+            "stage": stage,
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "timings_s": self.timings_s,
+        }
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
+
+    def _load(self) -> dict[str, Any] | None:
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return None
+        try:
+            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as err:  # a damaged checkpoint: start over rather than fail
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.ckpt_path, err)
+            return None
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(
+            state["generator"].cpu() if self.device.type == "cpu" else state["generator"].cpu()
+        )
+        self.history = list(state.get("history", []))
+        self.timings_s = dict(state.get("timings_s", {}))
+        log.info("resuming fit from %s step %d", state["stage"], state["step"])
+        return state
+
+    # --------------------------------------------------------------------------------------
+    def _optimizer(
+        self, params_hash: list[Tensor], params_mlp: list[Tensor], lr_hash: float, lr_mlp: float
+    ) -> torch.optim.Adam:
+        groups = [
+            {"params": params_hash, "lr": lr_hash, "eps": 1e-15},
+            {"params": params_mlp, "lr": lr_mlp, "eps": 1e-8},
+        ]
+        return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99))
+
+    def _set_lr(
+        self, optimizer: torch.optim.Optimizer, base: list[float], step: int, total: int
+    ) -> None:
+        # Cosine decay from 1 to lr_decay: larger early steps, quiet convergence at the end.
+        frac = min(1.0, step / max(total, 1))
+        factor = self.fit.lr_decay + (1 - self.fit.lr_decay) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group, lr in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * factor
+
+    def _check_finite(self, value: Tensor, stage: str, step: int) -> float:
+        v = float(value)
+        if not math.isfinite(v):
+            raise FitDiverged(
+                f"{stage}: loss became {v} at step {step}; lower the learning rates "
+                "or check the plate for NaN/Inf pixels"
+            )
+        return v
+
+    def _report(self, stage: str, step: int, total: int, **metrics: float) -> None:
+        self.ctx.cancel.check()
+        self.ctx.reporter.update(stage, step / max(total, 1), f"step {step}/{total}", **metrics)
+
+    # --------------------------------------------------------------------------------------
+    # Stage 1: identity pre-training of T
+
+    def pretrain(self, start: int = 0) -> None:
+        """Fit T(x, y, t) ≈ (x̃, ỹ) for every frame (ALGORITHM.md §4)."""
+        total = self.pretrain_steps
+        if start >= total:
+            return
+        geo, shot = self.geometry, self.shot
+        opt = self._optimizer([], self.model.mapping_parameters(), 0.0, self.fit.lr_mlp)
+        if start and self._pending_opt is not None:
+            opt.load_state_dict(self._pending_opt)
+        batch = min(self.fit.batch_size, 65_536)
+        t0 = time.perf_counter()
+        for step in range(start, total):
+            g = self.generator
+            x = torch.rand(batch, generator=g, device=self.device) * (shot.width - 1)
+            y = torch.rand(batch, generator=g, device=self.device) * (shot.height - 1)
+            t = torch.randint(0, shot.n_frames, (batch,), generator=g, device=self.device).float()
+            xyt = geo.xyt_norm(x, y, t)
+            loss = ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % self.fit.log_every == 0 or step + 1 == total:
+                v = self._check_finite(loss, "pretrain", step + 1)
+                self._report("fit", 0.05 * (step + 1) / total, 1, loss=v)
+            if self.ckpt_path and (step + 1) % self.fit.checkpoint_every == 0:
+                self._save("pretrain", step + 1, opt)
+        self.timings_s["pretrain"] = self.timings_s.get("pretrain", 0) + time.perf_counter() - t0
+        self._save("fit", 0, None)
+
+    # --------------------------------------------------------------------------------------
+    # Stage 2: joint atlas estimation
+
+    def _joint_losses(self, index: Tensor, boot_on: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """All losses of ALGORITHM.md §2 on one batch of flat pixel indices."""
+        shot, geo, model, w = self.shot, self.geometry, self.model, self.fit.weights
+        corr = shot.corr
+        hw = shot.height * shot.width
+        t = index // hw
+        rem = index - t * hw
+        y = rem // shot.width
+        x = rem - y * shot.width
+        tf, yf, xf = t.float(), y.float(), x.float()
+        b = index.numel()
+        colour = _gather(shot.frames, t, y, x)  # (B, 3)
+        fwd = corr.fwd[t, :, y, x].float()
+        bwd = corr.bwd[t, :, y, x].float()
+        ref = corr.ref[t, :, y, x].float()
+        fwd_ok = corr.fwd_valid[t, y, x].float()
+        bwd_ok = corr.bwd_valid[t, y, x].float()
+        ref_ok = corr.ref_valid[t, y, x].float()
+        r = float(shot.reference_index)
+        is_ref = (t == shot.reference_index).float()
+        delta = self.fit.rigidity_delta_px
+        # One concatenated batch through T: p, fwd match, bwd match, ref match, p−δx, p−δy.
+        xs = torch.cat([xf, xf + fwd[:, 0], xf + bwd[:, 0], xf + ref[:, 0], xf - delta, xf])
+        ys = torch.cat([yf, yf + fwd[:, 1], yf + bwd[:, 1], yf + ref[:, 1], yf, yf - delta])
+        ts = torch.cat([tf, tf + 1, tf - 1, torch.full_like(tf, r), tf, tf])
+        xyt = geo.xyt_norm(xs, ys, ts)
+        uv_all = model.uv(xyt)
+        uv_p, uv_f, uv_b, uv_r, uv_dx, uv_dy = uv_all.split(b)
+        m_all = model.mask(xyt[: 4 * b])
+        m_p, m_f, m_b, m_r = m_all.split(b)
+        atlas = model.atlas(uv_p)
+        shade = model.shade(uv_p.detach(), xyt[:b, 2])
+        px = geo.half_rez
+        terms = {
+            "rgb": w.rgb * losses.reconstruction(m_p, shade, atlas, colour),
+            "bootstrap": w.bootstrap
+            * boot_on
+            * losses.bce(m_p, corr.bootstrap[t, y, x].float()).mean(),
+            "ref_mask": w.ref_mask * losses.masked_mean(losses.bce(m_p, shot.roi[y, x]), is_ref),
+            "ref_flow_alpha": w.ref_flow_alpha
+            * losses.masked_mean((m_p - m_r).abs(), ref_ok * (1 - is_ref)),
+            "flow_alpha": w.flow_alpha
+            * 0.5
+            * (
+                losses.masked_mean((m_p - m_f).abs(), fwd_ok)
+                + losses.masked_mean((m_p - m_b).abs(), bwd_ok)
+            ),
+            "ref_optical_flow": w.ref_optical_flow
+            * losses.masked_mean(losses.correspondence(uv_p, uv_r, m_p, px), ref_ok * (1 - is_ref)),
+            "optical_flow": w.optical_flow
+            * 0.5
+            * (
+                losses.masked_mean(losses.correspondence(uv_p, uv_f, m_p, px), fwd_ok)
+                + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_p, px), bwd_ok)
+            ),
+            "rigidity": w.rigidity * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta).mean(),
+            "residual_reg": w.residual_reg * losses.illumination(shade).mean(),
+        }
+        pos_set = is_ref * (shot.roi[y, x] if self.fit.position_set == "roi" else 1.0)
+        terms["position"] = w.position * losses.masked_mean(
+            losses.position(uv_p, xyt[:b, :2]), pos_set
+        )
+        total = torch.stack(list(terms.values())).sum()
+        return total, terms
+
+    def joint(self, start: int = 0) -> None:
+        """Joint estimation of T, A, M, S (ALGORITHM.md §4, 'Atlas estimation')."""
+        total = self.iterations
+        model = self.model
+        hash_params = list(model.atlas_grid.parameters()) + list(model.mask_grid.parameters())
+        mlp_params = (
+            list(model.mapping.parameters())
+            + list(model.atlas_mlp.parameters())
+            + list(model.mask_mlp.parameters())
+            + list(model.shade_mlp.parameters())
+        )
+        opt = self._optimizer(hash_params, mlp_params, self.fit.lr_hash, self.fit.lr_mlp)
+        base = [g["lr"] for g in opt.param_groups]
+        if start and self._pending_opt is not None:
+            opt.load_state_dict(self._pending_opt)
+        sampler = Sampler(self.shot, self.fit, self.generator, self.fit.batch_size)
+        boot_steps = int(round(total * self.fit.bootstrap_fraction))
+        boot_on = torch.ones((), device=self.device)
+        t0 = time.perf_counter()
+        for step in range(start, total):
+            self._set_lr(opt, base, step, total)
+            boot_on.fill_(1.0 if step < boot_steps else 0.0)
+            loss, terms = self._joint_losses(sampler.sample(), boot_on)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            if done % self.fit.log_every == 0 or done == total:
+                v = self._check_finite(loss, "fit", done)
+                record = {"stage": 1.0, "step": float(done), "loss": v}
+                record.update({k: float(val) for k, val in terms.items()})
+                self.history.append(record)
+                self._report("fit", 0.05 + 0.95 * done / total, 1, loss=v)
+            if self.ckpt_path and done % self.fit.checkpoint_every == 0 and done < total:
+                self._save("fit", done, opt)
+        elapsed = time.perf_counter() - t0
+        self.timings_s["fit"] = self.timings_s.get("fit", 0) + elapsed
+        if total > start:
+            self.steps_per_s["fit"] = (total - start) / max(elapsed, 1e-9)
+        self._save("refine", 0, None)
+
+    # --------------------------------------------------------------------------------------
+    # Stage 3: mask refinement
+
+    @torch.no_grad()
+    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor]:
+        """S·A(T(p)) for every pixel (N, 3, H, W) and the candidate set Ω (N, H, W) bool.
+
+        Ω (ALGORITHM.md §5.1): the reference ROI splatted into atlas space through T on the
+        reference frame (max-combined, no lost duplicates: fixes §8.6 bug 5), then pulled back
+        through T of every frame by a bilinear lookup > 0.5.
+        """
+        shot, geo, model = self.shot, self.geometry, self.model
+        n, h, w = shot.n_frames, shot.height, shot.width
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=self.device, dtype=torch.float32),
+            torch.arange(w, device=self.device, dtype=torch.float32),
+            indexing="ij",
+        )
+        xs, ys = xs.reshape(-1), ys.reshape(-1)
+        r = shot.reference_index
+        uv_ref = model.uv(geo.xyt_norm(xs, ys, torch.full_like(xs, r)))
+        pos = geo.uv_to_px(uv_ref)
+        footprint = torch.zeros(h * w, device=self.device)
+        roi = shot.roi.reshape(-1)
+        for ox in (0, 1):
+            for oy in (0, 1):
+                cx = (pos[:, 0].floor() + ox).long().clamp(0, w - 1)
+                cy = (pos[:, 1].floor() + oy).long().clamp(0, h - 1)
+                footprint.scatter_reduce_(0, cy * w + cx, roi, reduce="amax")
+        footprint = footprint.reshape(1, h, w)
+        pred = torch.empty(n, 3, h, w, device=self.device)
+        cand = torch.empty(n, h, w, dtype=torch.bool, device=self.device)
+        for t in range(n):
+            tt = torch.full_like(xs, t)
+            xyt = geo.xyt_norm(xs, ys, tt)
+            uv = model.uv(xyt)
+            colour = model.shade(uv, xyt[:, 2]) * model.atlas(uv)
+            pred[t] = colour.T.reshape(3, h, w)
+            p = geo.uv_to_px(uv)
+            cand[t] = (
+                _sample_bilinear(
+                    footprint, torch.zeros_like(tt, dtype=torch.long), p[:, 0], p[:, 1]
+                )
+                > 0.5
+            ).reshape(h, w)
+        return pred, cand
+
+    def refine(self, start: int = 0) -> None:
+        """M-only refinement (ALGORITHM.md §5, Eqs. 9–10)."""
+        total = self.refine_steps
+        if total <= 0:
+            return
+        shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
+        pred, cand = self._prediction_and_candidates()
+        err = (pred - shot.frames).abs().mean(1)
+        not_occluded = cand & (err < rs.colour_threshold)  # the set N of Eq. 9
+        del err
+        opt = self._optimizer(
+            list(model.mask_grid.parameters()),
+            list(model.mask_mlp.parameters()),
+            rs.lr_hash,
+            rs.lr_mlp,
+        )
+        base = [g["lr"] for g in opt.param_groups]
+        if start and self._pending_opt is not None:
+            opt.load_state_dict(self._pending_opt)
+        sampler = Sampler(shot, self.fit, self.generator, self.fit.batch_size)
+        corr = shot.corr
+        hw = shot.height * shot.width
+        t0 = time.perf_counter()
+        for step in range(start, total):
+            self._set_lr(opt, base, step, total)
+            index = sampler.sample()
+            t = index // hw
+            rem = index - t * hw
+            y = rem // shot.width
+            x = rem - y * shot.width
+            tf, yf, xf = t.float(), y.float(), x.float()
+            b = index.numel()
+            fwd = corr.fwd[t, :, y, x].float()
+            bwd = corr.bwd[t, :, y, x].float()
+            xs = torch.cat([xf, xf + fwd[:, 0], xf + bwd[:, 0]])
+            ys = torch.cat([yf, yf + fwd[:, 1], yf + bwd[:, 1]])
+            ts = torch.cat([tf, tf + 1, tf - 1])
+            m_p, m_f, m_b = model.mask(geo.xyt_norm(xs, ys, ts)).split(b)
+            colour = _gather(shot.frames, t, y, x)
+            predicted = _gather(pred, t, y, x)
+            rgb = ((m_p[:, None] * (predicted - colour)) ** 2).sum(1).mean()
+            no = not_occluded[t, y, x].float()
+            refine_term = rs.weight_refine * losses.masked_mean((1 - m_p) ** 2, no)
+            flow_term = (
+                rs.weight_flow_alpha
+                * 0.5
+                * (
+                    losses.masked_mean((m_p - m_f).abs(), corr.fwd_valid[t, y, x].float())
+                    + losses.masked_mean((m_p - m_b).abs(), corr.bwd_valid[t, y, x].float())
+                )
+            )
+            loss = self.fit.weights.rgb * rgb + refine_term + flow_term
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            if done % self.fit.log_every == 0 or done == total:
+                v = self._check_finite(loss, "refine", done)
+                self.history.append({"stage": 2.0, "step": float(done), "loss": v})
+                self._report("refine", done, total, loss=v)
+            if self.ckpt_path and done % self.fit.checkpoint_every == 0 and done < total:
+                self._save("refine", done, opt)
+        elapsed = time.perf_counter() - t0
+        self.timings_s["refine"] = self.timings_s.get("refine", 0) + elapsed
+        self.steps_per_s["refine"] = (total - start) / max(elapsed, 1e-9)
+        self._save("done", total, None)
+
+    # --------------------------------------------------------------------------------------
+    def run(self) -> FitResult:
+        """Pre-train, fit and refine, resuming from the last checkpoint when there is one."""
+        self._pending_opt: dict[str, Any] | None = None
+        state = self._load()
+        stage, step = ("pretrain", 0) if state is None else (state["stage"], state["step"])
+        if state is not None:
+            self._pending_opt = state.get("optimizer")
+        order = ["pretrain", "fit", "refine", "done"]
+        if order.index(stage) <= 0:
+            self.pretrain(step)
+            step, self._pending_opt = 0, None
+        if order.index(stage) <= 1:
+            self.joint(step if stage == "fit" else 0)
+            step, self._pending_opt = 0, None
+        if order.index(stage) <= 2:
+            self.ctx.reporter.update("refine", 0.0, "candidate set")
+            self.refine(step if stage == "refine" else 0)
+        self.ctx.reporter.update("refine", 1.0, "done")
+        self.model.eval()
+        return FitResult(
+            self.model,
+            self.geometry,
+            self.shot.reference_index,
+            self.atlas_box,
+            self.history,
+            self.timings_s,
+            self.steps_per_s,
+        )
+
+
+def validate_shot(roi: Tensor, n_frames: int, reference_index: int, where: str = "roi") -> None:
+    """Input checks that would otherwise produce a meaningless fit."""
+    if n_frames < 2:
+        raise InputError("plate: a build needs at least 2 frames")
+    if not 0 <= reference_index < n_frames:
+        raise InputError(f"reference frame: index {reference_index} outside 0..{n_frames - 1}")
+    frac = float((roi > 0.5).float().mean())
+    if frac == 0.0:
+        raise InputError(f"{where}: the ROI is empty on the reference frame")
+    if frac > 0.98:
+        raise InputError(f"{where}: the ROI covers the whole frame; it must select a region")
+
+
+@torch.no_grad()
+def query_fields(
+    result: FitResult, x: Tensor, y: Tensor, t: int, chunk: int = 262_144
+) -> dict[str, Tensor]:
+    """UV, mask, shade and reconstruction inputs at working-pixel positions of frame index t.
+
+    Args:
+        x, y: (P,) float32 working-resolution pixel positions (centres at integers), any density.
+    Returns:
+        uv_norm (P, 2), mask (P,), shade (P, 3), atlas (P, 3) working-encoded A(T(p)).
+    """
+    model, geo = result.model, result.geometry
+    outs: dict[str, list[Tensor]] = {"uv_norm": [], "mask": [], "shade": [], "atlas": []}
+    for s in range(0, x.numel(), chunk):
+        xs, ys = x[s : s + chunk], y[s : s + chunk]
+        xyt = geo.xyt_norm(xs, ys, torch.full_like(xs, float(t)))
+        uv = model.uv(xyt)
+        outs["uv_norm"].append(uv)
+        outs["mask"].append(model.mask(xyt))
+        outs["shade"].append(model.shade(uv, xyt[:, 2]))
+        outs["atlas"].append(model.atlas(uv))
+    return {k: torch.cat(v) for k, v in outs.items()}

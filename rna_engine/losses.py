@@ -1,0 +1,69 @@
+"""The RNA losses (ALGORITHM.md §2, paper Eqs. 3–10), pure tensor functions.
+
+Every "mean" is over the samples that qualify, computed as sum(mask·x)/max(sum(mask), 1) so the
+loop never synchronises with the host. Distances that go through a square root get an epsilon
+inside it: T at a point and one pixel away can be bit-identical, and d√x/dx at 0 is NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS_SQRT = 1e-12
+"""Added inside square roots of squared distances (NaN-free gradients at 0)."""
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """mean of `x` over `mask` (same shape, 0/1 float); 0 when the mask is empty."""
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def safe_norm(x: Tensor) -> Tensor:
+    """‖x‖₂ over the last axis with an epsilon inside the square root."""
+    return torch.sqrt((x * x).sum(-1) + EPS_SQRT)
+
+
+def bce(p: Tensor, target: Tensor) -> Tensor:
+    """Elementwise binary cross-entropy of probabilities `p` (already clamped away from 0, 1)."""
+    return -(target * torch.log(p) + (1.0 - target) * torch.log(1.0 - p))
+
+
+def reconstruction(mask: Tensor, shade: Tensor, atlas: Tensor, colour: Tensor) -> Tensor:
+    """Eq. 3: mean_p Σ_c (Î − I)² with Î = M·S·A + (1 − M)·I, i.e. (M·(S·A − I))².
+
+    mask (B,), shade/atlas/colour (B, 3).
+    """
+    return ((mask[:, None] * (shade * atlas - colour)) ** 2).sum(1).mean()
+
+
+def rigidity(uv: Tensor, uv_dx: Tensor, uv_dy: Tensor, scale: float) -> Tensor:
+    """Eq. 4 with the finite-difference Jacobian of Eq. 15, per sample (B,).
+
+    `uv` = T(x, y, t), `uv_dx` = T(x − δ, y, t), `uv_dy` = T(x, y − δ, t); `scale` converts uv
+    differences to pixels per pixel (rez/2 / δ). Loss = ‖JᵀJ‖_F + ‖(JᵀJ + 10⁻³I)⁻¹‖_F, minimum
+    2√2 for an orthonormal J.
+    """
+    j = torch.stack([uv - uv_dx, uv - uv_dy], -1) * scale  # (B, 2, 2): columns d/dx, d/dy
+    jtj = j.transpose(1, 2) @ j
+    a, b, c, d = jtj[:, 0, 0], jtj[:, 0, 1], jtj[:, 1, 0], jtj[:, 1, 1]
+    fro = torch.sqrt(a * a + b * b + c * c + d * d + EPS_SQRT)
+    a2, d2 = a + 1e-3, d + 1e-3
+    det = a2 * d2 - b * c
+    inv_fro = torch.sqrt(d2 * d2 + b * b + c * c + a2 * a2 + EPS_SQRT) / det.abs().clamp_min(1e-12)
+    return fro + inv_fro
+
+
+def correspondence(uv_p: Tensor, uv_q: Tensor, mask_p: Tensor, px_scale: float) -> Tensor:
+    """Eq. 6 per sample: ‖T(q) − T(p)‖ in pixels, weighted by M(p) (not detached, as the code)."""
+    return safe_norm(uv_q - uv_p) * px_scale * mask_p
+
+
+def position(uv_p: Tensor, xy_norm: Tensor) -> Tensor:
+    """Eq. 5 per sample: ‖T(p) − p̄‖ (not squared)."""
+    return safe_norm(uv_p - xy_norm)
+
+
+def illumination(shade: Tensor) -> Tensor:
+    """Eq. 8 per sample: mean over channels of (S − 1)²."""
+    return ((shade - 1.0) ** 2).mean(1)

@@ -1,0 +1,355 @@
+"""The build: ingest → correspondences → fit → refine → matte + bake → QC (DESIGN.md §3).
+
+`run_build(spec, ctx)` is what the CLI, the service and the farm run. It validates every input
+before anything is written, picks the cache version (never overwriting a finished build of other
+settings, resuming an unfinished one of the same), keeps `status.json` current, checkpoints the
+fit under `work/`, and publishes every file atomically. A build whose `status.json` says `done`
+with the same hash returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, io
+from .cache import (
+    UV_CONVENTION,
+    BuildPaths,
+    StatusFile,
+    choose_version,
+    write_json_atomic,
+)
+from .colour import WorkingSpace, working_space
+from .context import RunContext, resolve_device
+from .errors import Cancelled, InputError
+from .progress import ProgressTracker, Sink
+from .settings import BuildSpec, spec_to_dict
+
+log = logging.getLogger(__name__)
+
+STAGE_WEIGHTS = {
+    "ingest": 0.04,
+    "correspondences": 0.12,
+    "fit": 0.62,
+    "refine": 0.1,
+    "bake": 0.1,
+    "qc": 0.02,
+}
+"""Relative cost of each stage, for the overall progress and ETA."""
+
+
+@dataclass
+class Ingested:
+    """The validated inputs of a build."""
+
+    frames: dict[int, Path]
+    frame_numbers: list[int]
+    reference_index: int
+    plate_width: int
+    plate_height: int
+    working_width: int
+    working_height: int
+    working: np.ndarray
+    """(N, H, W, 3) float32 working-encoded plate at working resolution."""
+    roi_plate: np.ndarray
+    """(Hp, Wp) float32 ROI matte at plate resolution."""
+    roi_working: np.ndarray
+    """(H, W) float32 {0, 1} ROI at working resolution."""
+    space: WorkingSpace
+    holdout: dict[int, Path] | None
+
+
+def _plate_rgb(path: Path) -> tuple[np.ndarray, io.ImageData]:
+    image = io.read_image(path)
+    names = io.rgb_channel_names(image.channels)
+    rgb = image.select(names)
+    if not np.isfinite(rgb).all():
+        bad = int((~np.isfinite(rgb)).sum())
+        log.warning("%s: %d NaN/Inf values replaced by 0", path, bad)
+        rgb = np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0)
+    return rgb, image
+
+
+def read_matte(path: Path, channel: str, size: tuple[int, int], what: str) -> np.ndarray:
+    """One matte channel (H, W) of an image, checked against the plate size (W, H)."""
+    image = io.read_image(path)
+    matte = image.channel(io.alpha_channel_name(image.channels, channel))
+    if (image.width, image.height) != size:
+        raise InputError(
+            f"{path}: {what} is {image.width}x{image.height} but the plate is {size[0]}x{size[1]}"
+        )
+    return np.clip(np.nan_to_num(matte), 0.0, 1.0).astype(np.float32)
+
+
+def _matte_path(spec: BuildSpec, pattern: str, frame: int) -> Path:
+    resolved = spec.resolve(pattern)
+    if io.parse_pattern(resolved) is None:
+        return resolved
+    return io.frame_path(resolved, frame)
+
+
+def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
+    """Read and validate the plate, ROI and holdout; encode the plate at working resolution."""
+    settings = spec.settings.ingest
+    frames = io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
+    numbers = sorted(frames)
+    if len(numbers) < 2:
+        raise InputError(f"{spec.plate}: a build needs at least 2 frames (found {len(numbers)})")
+    if spec.reference_frame not in frames:
+        raise InputError(
+            f"reference frame {spec.reference_frame}: outside the plate's frames "
+            f"{io.format_frame_range(numbers)}"
+        )
+    first, first_image = _plate_rgb(frames[numbers[0]])
+    height, width = first.shape[:2]
+    kind = settings.colour
+    if kind == "auto":
+        kind = "scene_linear" if io.is_scene_linear_file(first_image) else "display"
+    space = working_space(kind, settings.ocio_config)
+    ww, wh = io.working_size(width, height, settings.working_long_side)
+    roi_path = _matte_path(spec, spec.roi, spec.reference_frame)
+    roi_plate = read_matte(roi_path, spec.roi_channel, (width, height), "the ROI")
+    roi_working = (io.resize_area(roi_plate[..., None], ww, wh)[..., 0] >= 0.5).astype(np.float32)
+    holdout: dict[int, Path] | None = None
+    if spec.holdout:
+        holdout = io.resolve_sequence(spec.resolve(spec.holdout), io.format_frame_range(numbers))
+    working = np.empty((len(numbers), wh, ww, 3), np.float32)
+    for i, number in enumerate(numbers):
+        ctx.cancel.check()
+        rgb = first if i == 0 else _plate_rgb(frames[number])[0]
+        if rgb.shape[:2] != (height, width):
+            raise InputError(
+                f"{frames[number]}: frame {number} is {rgb.shape[1]}x{rgb.shape[0]}"
+                f" but frame {numbers[0]} is {width}x{height}"
+            )
+        # Display-referred files hold code values: decode to linear first, then re-encode.
+        linear = rgb if kind == "scene_linear" else _display_to_linear(rgb)
+        working[i] = space.encode(io.resize_area(linear, ww, wh))
+        ctx.reporter.update("ingest", (i + 1) / len(numbers), f"frame {number}")
+    return Ingested(
+        frames,
+        numbers,
+        numbers.index(spec.reference_frame),
+        width,
+        height,
+        ww,
+        wh,
+        working,
+        roi_plate,
+        roi_working,
+        space,
+        holdout,
+    )
+
+
+def _display_to_linear(rgb: np.ndarray) -> np.ndarray:
+    from .colour import srgb_to_linear
+
+    return srgb_to_linear(np.clip(rgb, 0.0, 1.0))
+
+
+def build_hash(spec: BuildSpec) -> str:
+    """Content hash of a build: the spec (less version/device/root) and its input files."""
+    data = spec_to_dict(spec)
+    for key in ("version", "device", "root", "out", "name"):
+        data.pop(key, None)
+    files: list[Any] = []
+    for pattern in (spec.plate, spec.roi, spec.holdout):
+        if not pattern:
+            continue
+        for number, path in sorted(io.find_frames(spec.resolve(pattern)).items()):
+            st = path.stat()
+            files.append([number, path.name, st.st_size, int(st.st_mtime)])
+    blob = json.dumps({"spec": data, "files": files, "engine": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tracker(ctx: RunContext, sinks: list[Sink]) -> ProgressTracker:
+    if isinstance(ctx.reporter, ProgressTracker):
+        for sink in sinks:
+            ctx.reporter.add_sink(sink)
+        return ctx.reporter
+    forward = ctx.reporter
+
+    def relay(event: Any) -> None:
+        forward.update(event.stage, event.stage_progress, event.message, **event.metrics)
+
+    return ProgressTracker(STAGE_WEIGHTS, [*sinks, relay])
+
+
+def prepare(spec: BuildSpec) -> tuple[BuildPaths, str]:
+    """The version folder and hash of a build (validates the plate pattern first)."""
+    io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
+    digest = build_hash(spec)
+    paths = choose_version(spec.resolve(spec.out), spec.name, spec.version, digest)
+    return paths, digest
+
+
+def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None) -> BuildPaths:
+    """Run (or resume) a whole build; returns the version folder it wrote."""
+    started = time.time()
+    paths, digest = prepare(spec)
+    status = StatusFile(paths, digest)
+    if status.data.get("state") == "done" and paths.atlas_exr.exists():
+        log.info("%s: already built (hash %s)", paths.root, digest)
+        return paths
+    tracker = _tracker(ctx, [status, *(sinks or [])])
+    device = resolve_device(spec.device)
+    run = replace(
+        ctx, reporter=tracker, device=device, work_dir=paths.work_dir, seed=spec.settings.seed
+    )
+    status.set(
+        state="running",
+        stage="ingest",
+        progress=0.0,
+        error=None,
+        started=started,
+        finished=None,
+        message="",
+    )
+    try:
+        spec_dict = spec_to_dict(spec)
+        spec_dict["version"] = paths.version
+        write_json_atomic(
+            paths.build_json,
+            {
+                **spec_dict,
+                "build_hash": digest,
+                "engine_version": __version__,
+                "cache_format": _cache_format(),
+                "torch": torch.__version__,
+                "device": device,
+            },
+        )
+        result = _stages(spec, run, paths, digest, tracker)
+    except Cancelled:
+        status.set(
+            state="cancelled", message="cancelled", finished=time.time(), timings=tracker.timings_s
+        )
+        raise
+    except InputError as err:
+        status.set(
+            state="failed",
+            error={"code": "input", "message": str(err)},
+            message=str(err),
+            finished=time.time(),
+        )
+        raise
+    except Exception as err:
+        status.set(
+            state="failed",
+            error={"code": "internal", "message": str(err)},
+            message=str(err),
+            finished=time.time(),
+        )
+        raise
+    tracker.finish_stage()
+    status.set(
+        state="done",
+        stage="done",
+        progress=1.0,
+        eta_s=0,
+        message="done",
+        finished=time.time(),
+        timings={k: round(v, 3) for k, v in tracker.timings_s.items()},
+        **result,
+    )
+    return paths
+
+
+def _cache_format() -> int:
+    from . import CACHE_FORMAT_VERSION
+
+    return CACHE_FORMAT_VERSION
+
+
+def _stages(
+    spec: BuildSpec, ctx: RunContext, paths: BuildPaths, digest: str, tracker: ProgressTracker
+) -> dict[str, Any]:
+    from .bake import PlateFormat, bake
+    from .fit import Fitter, ShotTensors, validate_shot
+    from .flow import compute_correspondences
+    from .kernels import make_hash_grid
+    from .qc import write_qc
+
+    settings = spec.settings
+    device = torch.device(ctx.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    data = ingest(spec, ctx)
+    roi = torch.from_numpy(data.roi_working)
+    validate_shot(roi, len(data.frame_numbers), data.reference_index, spec.roi)
+    frames = torch.from_numpy(data.working).permute(0, 3, 1, 2).contiguous().to(device)
+    roi = roi.to(device)
+    corr = compute_correspondences(frames, roi, data.reference_index, settings.flow, ctx)
+    ctx.cancel.check()
+    backend = settings.fit.encoding_backend
+
+    def grid_factory(n_dims: int, grid_settings: Any) -> Any:
+        return make_hash_grid(n_dims, grid_settings, backend, device)
+
+    fitter = Fitter(
+        ShotTensors(frames, roi, data.reference_index, corr),
+        settings.fit,
+        settings.refine,
+        ctx,
+        grid_factory,
+    )
+    result = fitter.run()
+    fmt = PlateFormat(data.plate_width, data.plate_height, data.working_width, data.working_height)
+    attributes = {
+        "rna/version": _cache_format(),
+        "rna/engine_version": __version__,
+        "rna/build_hash": digest,
+        "rna/reference_frame": spec.reference_frame,
+        "rna/uv_convention": UV_CONVENTION,
+        "rna/colorspace": "scene_linear"
+        if data.space.kind == "scene_linear"
+        else "linear (sRGB primaries, from display-referred input)",
+        "rna/ocio_config": data.space.config_name,
+    }
+
+    def read_plate(number: int) -> np.ndarray:
+        rgb = _plate_rgb(data.frames[number])[0]
+        return rgb if data.space.kind == "scene_linear" else _display_to_linear(rgb)
+
+    read_holdout = None
+    if data.holdout is not None:
+        holdout = data.holdout
+
+        def read_holdout(number: int) -> np.ndarray:
+            return read_matte(
+                holdout[number],
+                spec.holdout_channel,
+                (data.plate_width, data.plate_height),
+                "the holdout",
+            )
+
+    del frames
+    bake(
+        result,
+        data.frame_numbers,
+        read_plate,
+        read_holdout,
+        data.roi_plate,
+        fmt,
+        data.space,
+        settings.bake,
+        settings.matte,
+        paths,
+        attributes,
+        ctx,
+    )
+    tracker.update("qc", 0.0, "report")
+    report = write_qc(result, data, fitter.shot, paths, tracker, device, spec)
+    tracker.update("qc", 1.0, "report")
+    return {"qc": {k: report[k] for k in ("psnr_roi_mean", "psnr_atlas_mean") if k in report}}

@@ -1,0 +1,142 @@
+"""QC: `qc/report.json` (per-frame ROI PSNR, timings, memory, backends) and `qc/contact.png`.
+
+ROI PSNR over all frames (ALGORITHM.md §7.1 says the authors' protocol cannot be reproduced, so
+we define ours): at working resolution, inside the tracked ROI Ω_t — pixels whose T lands in the
+reference ROI's footprint —
+- `psnr_roi`: the model's reconstruction Î = M·S·A + (1 − M)·I against I (the paper's measure);
+- `psnr_atlas`: S·A(T(p)) against I on the pixels of Ω_t the model calls visible (M > 0.5) —
+  stricter: the mask cannot hide a bad atlas.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cache import BuildPaths, write_json_atomic
+from .colour import preview_srgb
+from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
+from .io import write_png
+from .progress import ProgressTracker
+from .settings import BuildSpec
+
+
+def psnr(err2_mean: float) -> float:
+    """PSNR in dB of a mean squared error on 0..1 data (∞ capped at 99)."""
+    return 99.0 if err2_mean <= 1e-10 else float(-10.0 * math.log10(err2_mean))
+
+
+@torch.no_grad()
+def frame_metrics(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Any]:
+    """ROI PSNRs of frame index t and its working-resolution images for the contact sheet."""
+    geo = result.geometry
+    h, w = shot.height, shot.width
+    dev = shot.frames.device
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float32),
+        torch.arange(w, device=dev, dtype=torch.float32),
+        indexing="ij",
+    )
+    q = query_fields(result, xs.reshape(-1), ys.reshape(-1), t)
+    pred = (q["shade"] * q["atlas"]).T.reshape(3, h, w)
+    mask = q["mask"].reshape(h, w)
+    image = shot.frames[t]
+    p = geo.uv_to_px(q["uv_norm"])
+    zero = torch.zeros(p.shape[0], dtype=torch.long, device=dev)
+    region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5).reshape(h, w)
+    recon = mask * pred + (1 - mask) * image
+    err_recon = ((recon - image) ** 2).mean(0)
+    err_atlas = ((pred - image) ** 2).mean(0)
+    visible = region & (mask > 0.5)
+    out: dict[str, Any] = {
+        "psnr_roi": psnr(float(err_recon[region].mean())) if region.any() else None,
+        "psnr_atlas": psnr(float(err_atlas[visible].mean())) if visible.any() else None,
+        "roi_pixels": int(region.sum()),
+        "visible_pixels": int(visible.sum()),
+    }
+    out["_images"] = (image, pred, mask, err_atlas.sqrt() * region)
+    return out
+
+
+def contact_sheet(
+    rows: list[tuple[torch.Tensor, ...]], decode: Any, atlas_rgb: np.ndarray
+) -> np.ndarray:
+    """Grid: per row plate | reconstruction | mask | error heat map; last row the atlas."""
+    tiles = []
+    for image, pred, mask, err in rows:
+        plate = preview_srgb(decode(image.permute(1, 2, 0).cpu().numpy()))
+        rec = preview_srgb(decode(pred.clamp(0, 1).permute(1, 2, 0).cpu().numpy()))
+        m = np.repeat(mask.cpu().numpy()[..., None], 3, -1)
+        e = np.clip(err.cpu().numpy() * 8.0, 0, 1)
+        heat = np.stack([e, np.sqrt(e) * 0.6, 1 - e], -1) * (e[..., None] > 0.002)
+        tiles.append(np.concatenate([plate, rec, m, heat], 1))
+    sheet = np.concatenate(tiles, 0)
+    atlas = preview_srgb(atlas_rgb)
+    h, w = tiles[0].shape[0], tiles[0].shape[1] // 4
+    atlas_small = _fit(atlas, w, h)
+    pad = np.zeros((h, sheet.shape[1] - atlas_small.shape[1], 3), np.float32)
+    return np.concatenate([sheet, np.concatenate([atlas_small, pad], 1)], 0)
+
+
+def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    from .io import resize_area
+
+    return resize_area(image.astype(np.float32), width, height)
+
+
+def write_qc(
+    result: FitResult,
+    data: Any,
+    shot: ShotTensors,
+    paths: BuildPaths,
+    tracker: ProgressTracker,
+    device: torch.device,
+    spec: BuildSpec,
+) -> dict[str, Any]:
+    """Write `qc/report.json` and `qc/contact.png`; returns the report."""
+    from .io import read_image
+    from .kernels import available_backends
+
+    n = shot.n_frames
+    sheet_frames = sorted({0, shot.reference_index, n // 2, n - 1})
+    per_frame = []
+    rows = []
+    for t in range(n):
+        m = frame_metrics(result, shot, t)
+        images = m.pop("_images")
+        if t in sheet_frames:
+            rows.append(images)
+        per_frame.append({"frame": data.frame_numbers[t], **m})
+        tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
+    vals = [f["psnr_roi"] for f in per_frame if f["psnr_roi"] is not None]
+    vals_atlas = [f["psnr_atlas"] for f in per_frame if f["psnr_atlas"] is not None]
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+    report = {
+        "engine_version": __version__,
+        "frames": per_frame,
+        "psnr_roi_mean": float(np.mean(vals)) if vals else None,
+        "psnr_atlas_mean": float(np.mean(vals_atlas)) if vals_atlas else None,
+        "timings_s": {k: round(v, 3) for k, v in tracker.timings_s.items()},
+        "fit_timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+        "steps_per_s": {k: round(v, 2) for k, v in result.steps_per_s.items()},
+        "peak_gpu_memory_mib": peak,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "backends": {
+            "flow": spec.settings.flow.backend,
+            "appearance": spec.settings.flow.appearance,
+            "matte": spec.settings.matte.backend,
+            "encoding": {k: str(v) for k, v in available_backends().items()},
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "working_resolution": [shot.width, shot.height],
+        "loss_history": result.history[-20:],
+    }
+    write_json_atomic(paths.qc_dir / "report.json", report)
+    atlas = read_image(paths.atlas_exr).pixels[..., :3]
+    write_png(paths.qc_dir / "contact.png", contact_sheet(rows, data.space.decode, atlas))
+    return report
