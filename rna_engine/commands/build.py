@@ -46,7 +46,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`a.b=1` items → nested dict; values are JSON when they parse, else strings."""
-    from ..errors import InputError
+    from rna_engine.errors import InputError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -68,8 +68,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def spec_from_args(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
-    from ..errors import InputError
-    from ..settings import load_spec, spec_from_dict
+    from rna_engine.errors import InputError
+    from rna_engine.settings import load_spec, spec_from_dict
 
     if args.spec:
         return load_spec(Path(args.spec))
@@ -96,10 +96,10 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..context import RunContext
-    from ..errors import Cancelled, InputError
-    from ..pipeline import run_build
-    from ..progress import FarmPrinter, TerminalBar
+    from rna_engine.context import RunContext
+    from rna_engine.errors import Cancelled, InputError
+    from rna_engine.pipeline import run_build
+    from rna_engine.progress import FarmPrinter, TerminalBar
 
     farm = FarmPrinter() if args.farm else None
     try:

@@ -45,8 +45,8 @@ def paint_atlas(atlas_path: Path, out: Path, roi_like: Any) -> Path:
     """Paint the built-in test pattern over the atlas (linear, RGBA) and save it losslessly."""
     import numpy as np
 
-    from ..io import read_image, write_rgba_exr
-    from ..synth import paint_pattern
+    from rna_engine.io import read_image, write_rgba_exr
+    from rna_engine.synth import paint_pattern
 
     atlas = read_image(atlas_path)
     rgba = atlas.select(("R", "G", "B", "A"))
@@ -62,8 +62,8 @@ def strip(plate_paths: list[Path], comp_paths: list[Path], out: Path) -> Path:
     """A PNG strip: plate frames on top, comp frames below (sRGB preview)."""
     import numpy as np
 
-    from ..colour import preview_srgb
-    from ..io import read_image, write_png
+    from rna_engine.colour import preview_srgb
+    from rna_engine.io import read_image, write_png
 
     picks = sorted({0, len(plate_paths) // 3, 2 * len(plate_paths) // 3, len(plate_paths) - 1})
     top = [read_image(plate_paths[i]).pixels[..., :3] for i in picks]
@@ -75,13 +75,13 @@ def strip(plate_paths: list[Path], comp_paths: list[Path], out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..apply import ApplySettings, apply_sequence
-    from ..context import RunContext, resolve_device
-    from ..io import frame_path
-    from ..pipeline import run_build
-    from ..progress import TerminalBar
-    from ..settings import spec_from_dict
-    from ..synth import make_shot, write_shot
+    from rna_engine.apply import ApplySettings, apply_sequence
+    from rna_engine.context import RunContext, resolve_device
+    from rna_engine.io import frame_path
+    from rna_engine.pipeline import run_build
+    from rna_engine.progress import TerminalBar
+    from rna_engine.settings import spec_from_dict
+    from rna_engine.synth import make_shot, write_shot
 
     out = Path(args.out)
     device = resolve_device(args.device)

@@ -46,7 +46,7 @@ def collect() -> list[dict[str, Any]]:
         cuda = torch.cuda.is_available()
         name = torch.cuda.get_device_name(0) if cuda else "no CUDA device (CPU builds are slow)"
         add("cuda", cuda, name, "install the CUDA build of torch on a machine with an NVIDIA GPU")
-        from ..kernels import available_backends
+        from rna_engine.kernels import available_backends
 
         backends = available_backends()
         add(
@@ -70,7 +70,7 @@ def collect() -> list[dict[str, Any]]:
         v = _version(module)
         add(pip, v is not None, v or "missing", f"pip install {pip}")
     try:
-        from ..colour import load_config
+        from rna_engine.colour import load_config
 
         _, config = load_config()
         add("ocio config", True, config)
@@ -86,7 +86,7 @@ def collect() -> list[dict[str, Any]]:
         add(
             module, v is not None, v or "missing (optional, learned backends)", f"pip install {pip}"
         )
-    from ..models import install_command, read_registry
+    from rna_engine.models import install_command, read_registry
 
     try:
         registry = read_registry()

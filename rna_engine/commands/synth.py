@@ -26,7 +26,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..synth import make_shot, paint_pattern, write_shot
+    from rna_engine.synth import make_shot, paint_pattern, write_shot
 
     overrides = {"frames": args.frames} if args.frames else {}
     shot = make_shot(args.preset, args.seed, **overrides)
