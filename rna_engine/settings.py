@@ -282,7 +282,8 @@ class MatteSettings:
     guided_eps: float = 1e-3
     """Guided-filter regularisation (variance of the 0..1 display-encoded guide)."""
     temporal_weight: float = 0.5
-    """Blend of the previous frame's matte (warped by the fitted UVs) into the current one."""
+    """Blend of the previous frame's matte, warped by the caller's flow t→t−1, into the
+    current one inside the unknown band (0 = no temporal stabilisation)."""
     guide_encoding: Literal["srgb", "log"] = "srgb"
     """Encoding of the linear plate used as the matting guide: sRGB of values clipped to 0..1,
     or log2 over 2^-8..2^4 (keeps edges inside highlights). ViTMatte always gets sRGB."""
@@ -301,7 +302,7 @@ class MatteSettings:
     """Regularisation of the matting Laplacian (variance of the 0..1 guide)."""
     tile_px: int = 1024
     """Tile edge of the guided/closed-form matting, plate pixels (bounds memory at 4K)."""
-    temporal_tolerance: float = 0.3
+    temporal_tolerance: float = 0.2
     """Matte difference (0..1) at which the temporal blend fades out, so an edge that really
     moved is not dragged; 0 disables the fade."""
     vitmatte_dir: str = ""
@@ -323,10 +324,16 @@ class MatteSettings:
         _require(self.closed_form_eps > 0, "matte.closed_form_eps", "must be > 0")
         _require(self.tile_px >= 64, "matte.tile_px", "must be >= 64")
         _require(self.temporal_tolerance >= 0, "matte.temporal_tolerance", "must be >= 0")
-        _require(self.vitmatte_tile_px >= 64 and self.vitmatte_tile_px % 32 == 0,
-                 "matte.vitmatte_tile_px", "must be a multiple of 32, >= 64")
-        _require(0 <= self.vitmatte_overlap_px <= self.vitmatte_tile_px // 2,
-                 "matte.vitmatte_overlap_px", "must be in 0..vitmatte_tile_px/2")
+        _require(
+            self.vitmatte_tile_px >= 64 and self.vitmatte_tile_px % 32 == 0,
+            "matte.vitmatte_tile_px",
+            "must be a multiple of 32, >= 64",
+        )
+        _require(
+            0 <= self.vitmatte_overlap_px <= self.vitmatte_tile_px // 2,
+            "matte.vitmatte_overlap_px",
+            "must be in 0..vitmatte_tile_px/2",
+        )
 
 
 @dataclass(frozen=True)
