@@ -373,22 +373,33 @@ needs_engine = pytest.mark.skipif(bool(_MISSING), reason=f"not written yet: {', 
 
 TINY_SETTINGS = {
     "preset": "draft",
-    "fit": {"iterations": 60, "pretrain_steps": 20},
-    "refine": {"iterations": 20},
+    "fit": {
+        "iterations": 40,
+        "pretrain_steps": 10,
+        "batch_size": 512,
+        "mapping_width": 32,
+        "atlas_width": 32,
+        "shade_width": 32,
+        "mask_width": 16,
+        "encoding_backend": "torch",
+        "hash_grid": {"n_levels": 4, "log2_hashmap_size": 10},
+    },
+    "refine": {"iterations": 10},
     "ingest": {"working_long_side": 64},
 }
+"""A build of a few seconds on two CPU cores: the test checks the farm plumbing, not quality."""
 
 
 def real_shot(root: Path, **spec: object) -> tuple[Path, dict]:
     """The tiny synthetic shot, a spec with tiny fit settings, and a painted atlas stand-in."""
     from rna_engine.io import write_rgba_exr
     from rna_engine.synth import make_shot as synth_shot
-    from rna_engine.synth import test_edit, write_shot
+    from rna_engine.synth import paint_pattern, write_shot
 
     shot = synth_shot("tiny", seed=0)
     manifest = write_shot(shot, root, truth=False, srgb=False)
     # The painted atlas only has to match the plate format: the test checks frames, not pixels.
-    write_rgba_exr(root / "atlas_paint.exr", test_edit(shot.params.width, shot.params.height))
+    write_rgba_exr(root / "atlas_paint.exr", paint_pattern(shot.params.width, shot.params.height))
     data = {
         "plate": manifest["plate"],
         "roi": manifest["roi"],
