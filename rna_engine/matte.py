@@ -176,41 +176,42 @@ def _outer6(mu: Tensor) -> Tensor:
     )
 
 
-def _solve_sym3(s: Tensor, rhs: Tensor) -> Tensor:
-    """Per-pixel solve of a symmetric positive definite 3×3 system by cofactors.
+def _inverse_sym3(s: Tensor, eps: float) -> Tensor:
+    """Per-pixel inverse of symmetric 3×3 matrices `S + eps·U` (S positive semi-definite).
+
+    Cofactors in float64: with a small `eps` and a window whose colours lie on a line, float32
+    cancellation can zero the determinant; in exact arithmetic it is at least eps³.
 
     Args:
-        s: (6, H, W) entries s00, s01, s02, s11, s12, s22.
-        rhs: (3, H, W).
+        s: (6, H, W) entries s00, s01, s02, s11, s12, s22 of S.
+        eps: regulariser added to the diagonal, > 0.
 
     Returns:
-        (3, H, W).
+        (6, H, W) float32 entries of the inverse, same order.
     """
-    a, b, c, d, e, f = s.unbind(0)
+    a, b, c, d, e, f = s.double().unbind(0)
+    a, d, f = a + eps, d + eps, f + eps
     i00 = d * f - e * e
     i01 = c * e - b * f
     i02 = b * e - c * d
     i11 = a * f - c * c
     i12 = b * c - a * e
     i22 = a * d - b * b
-    det = a * i00 + b * i01 + c * i02
-    r0, r1, r2 = rhs.unbind(0)
-    out = torch.stack(
+    det = (a * i00 + b * i01 + c * i02).clamp_min(eps**3)
+    return (torch.stack((i00, i01, i02, i11, i12, i22)) / det).to(s.dtype)
+
+
+def _matvec_sym3(m: Tensor, v: Tensor) -> Tensor:
+    """(3, H, W) product of symmetric matrices (6, H, W) with vectors (3, H, W)."""
+    m00, m01, m02, m11, m12, m22 = m.unbind(0)
+    v0, v1, v2 = v.unbind(0)
+    return torch.stack(
         (
-            i00 * r0 + i01 * r1 + i02 * r2,
-            i01 * r0 + i11 * r1 + i12 * r2,
-            i02 * r0 + i12 * r1 + i22 * r2,
+            m00 * v0 + m01 * v1 + m02 * v2,
+            m01 * v0 + m11 * v1 + m12 * v2,
+            m02 * v0 + m12 * v1 + m22 * v2,
         )
     )
-    return out / det
-
-
-def _regularised(var6: Tensor, eps: float) -> Tensor:
-    var6 = var6.clone()
-    var6[0] += eps
-    var6[3] += eps
-    var6[5] += eps
-    return var6
 
 
 def guided_filter(
@@ -247,7 +248,7 @@ def guided_filter(
         sums = box_mean(torch.cat((w, stack * w)), radius)
         means = sums[1:] / sums[:1].clamp_min(1e-12)
     mu, p_mean, ip_mean, ii_mean = means[:3], means[3:4], means[4:7], means[7:13]
-    a = _solve_sym3(_regularised(ii_mean - _outer6(mu), eps), ip_mean - mu * p_mean)
+    a = _matvec_sym3(_inverse_sym3(ii_mean - _outer6(mu), eps), ip_mean - mu * p_mean)
     b = p_mean - (a * mu).sum(0, keepdim=True)
     ab = box_mean(torch.cat((a, b)), radius)
     return (ab[:3] * g).sum(0) + ab[3]
@@ -278,14 +279,14 @@ class MattingLaplacian:
         self.radius = radius
         moments = box_mean(torch.cat((self.guide, _outer6(self.guide))), radius)
         self.mu = moments[:3]
-        self.var = _regularised(moments[3:] - _outer6(self.mu), eps)
+        self.inv = _inverse_sym3(moments[3:] - _outer6(self.mu), eps)
         self.count = _window_count(guide.shape[1], guide.shape[2], radius, guide)
 
     def __call__(self, p: Tensor) -> Tensor:
         """L p for p (H, W); returns (H, W)."""
         m = box_mean(torch.cat((p[None], self.guide * p)), self.radius)
         p_mean, ip_mean = m[:1], m[1:]
-        a = _solve_sym3(self.var, ip_mean - self.mu * p_mean)
+        a = _matvec_sym3(self.inv, ip_mean - self.mu * p_mean)
         b = p_mean - (a * self.mu).sum(0, keepdim=True)
         ab = box_mean(torch.cat((a, b)), self.radius)
         return self.count * (p - (ab[:3] * self.guide).sum(0) - ab[3])

@@ -299,7 +299,8 @@ class MatteSettings:
     closed_form_radius_px: int = 1
     """Window radius of the matting Laplacian, plate pixels."""
     closed_form_eps: float = 1e-5
-    """Regularisation of the matting Laplacian (variance of the 0..1 guide)."""
+    """Regularisation of the matting Laplacian (variance of the 0..1 guide); float32 math
+    amplifies rounding by 1/eps, so keep it >= 1e-6."""
     tile_px: int = 1024
     """Tile edge of the guided/closed-form matting, plate pixels (bounds memory at 4K)."""
     temporal_tolerance: float = 0.2
@@ -321,7 +322,7 @@ class MatteSettings:
         _require(0 <= self.unknown_weight <= 1, "matte.unknown_weight", "must be in [0,1]")
         _require(self.closed_form_iterations >= 0, "matte.closed_form_iterations", "must be >= 0")
         _require(self.closed_form_radius_px >= 1, "matte.closed_form_radius_px", "must be >= 1")
-        _require(self.closed_form_eps > 0, "matte.closed_form_eps", "must be > 0")
+        _require(self.closed_form_eps >= 1e-7, "matte.closed_form_eps", "must be >= 1e-7")
         _require(self.tile_px >= 64, "matte.tile_px", "must be >= 64")
         _require(self.temporal_tolerance >= 0, "matte.temporal_tolerance", "must be >= 0")
         _require(
