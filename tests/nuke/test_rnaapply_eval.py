@@ -371,3 +371,22 @@ def test_expression_rejects_garbage() -> None:
         nkeval.evaluate_expression("1 +", {}.__getitem__)
     with pytest.raises(nkeval.EvalError):
         nkeval.evaluate_expression("nope(1)", {}.__getitem__)
+
+
+@pytest.mark.parametrize(
+    "filt", ["Impulse", "Cubic", "Keys", "Simon", "Rifman", "Mitchell", "Parzen", "Notch"]
+)
+def test_two_stmap_implementations_agree(filt: str) -> None:
+    # nkeval's dense y-up STMap vs rna_engine.stmap's 4×4 gathers, UVs reaching far outside.
+    from rna_engine.stmap import sample_stmap
+
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(9, 13, 3)).astype(np.float32)
+    uv = rng.uniform(-0.4, 1.4, (7, 11, 2)).astype(np.float32)
+    want = sample_stmap(src, uv, filt.lower())
+    src_image = nkeval.Image.from_rgba(src)
+    uv_image = nkeval.Image.from_rows(uv, ("rna_uv.u", "rna_uv.v"))
+    got = nkeval.stmap(
+        src_image, uv_image, ["rna_uv.u", "rna_uv.v"], ["rgba.red", "rgba.green", "rgba.blue"], filt
+    )
+    np.testing.assert_allclose(got.rows(("rgba.red", "rgba.green", "rgba.blue")), want, atol=2e-6)
