@@ -399,11 +399,9 @@ class _Aggregator:
         self.flows_done += len(pairs)
         return out
 
-    def _report(self, done_frames: int, total_frames: int) -> None:
+    def _report(self, message: str) -> None:
         self.ctx.cancel.check()
-        self.ctx.reporter.update(
-            STAGE, self.flows_done / self.flows_total, f"frame {done_frames}/{total_frames}"
-        )
+        self.ctx.reporter.update(STAGE, self.flows_done / self.flows_total, message)
 
     def _similarity(self, a: Sequence[int], b: Sequence[int], flow: Tensor) -> Tensor:
         return self.appearance.similarity(gather(self.feats, a), gather(self.feats, b), flow)
@@ -425,8 +423,7 @@ class _Aggregator:
         # Adjacent flows double as one-hop chains, filtered at the reference thresholds.
         fwd_hop = torch.zeros_like(fwd_valid)
         bwd_hop = torch.zeros_like(fwd_valid)
-        total_frames = n
-        self._report(0, total_frames)
+        self._report(f"adjacent flows 0/{n - 1}")
         step = max(1, s.batch_pairs)
         for start in range(0, n - 1, step):
             ts = list(range(start, min(start + step, n - 1)))
@@ -440,7 +437,7 @@ class _Aggregator:
             bwd_valid[up] = (err_ba < s.adjacent_cycle_px) & (sim_ba > s.appearance_threshold)
             fwd_hop[ts] = (err_ab < s.reference_cycle_px) & (sim_ab > s.appearance_threshold)
             bwd_hop[up] = (err_ba < s.reference_cycle_px) & (sim_ba > s.appearance_threshold)
-            self._report(0, total_frames)
+            self._report(f"adjacent flows {up[-1]}/{n - 1}")
 
         ref = torch.zeros_like(fwd)
         ref_valid = torch.zeros_like(fwd_valid)
@@ -455,8 +452,8 @@ class _Aggregator:
             bootstrap[t] = (
                 pull_back_mask(self.roi_ref, ref[t : t + 1], s.bootstrap_sampling)[0] & ref_valid[t]
             ).float()
-            self._report(done + 1, total_frames)
-        self.ctx.reporter.update(STAGE, 1.0, f"frame {total_frames}/{total_frames}")
+            self._report(f"frame {done + 1}/{n}")
+        self.ctx.reporter.update(STAGE, 1.0, f"frame {n}/{n}")
         return Correspondences(fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap)
 
     def _aggregate(

@@ -266,7 +266,7 @@ def install(name: str, source: Path, home: Path | None = None) -> ModelRecord:
     records = read_registry(home)
     records[name] = record
     _write_registry(records, home)
-    log.info("installed %s (%s) sha256 %s", name, variant, digest[:12])
+    log.debug("installed %s (%s) sha256 %s", name, variant, digest[:12])
     return record
 
 

@@ -378,3 +378,32 @@ def test_missing_raft_weights_log_the_command_and_fall_back_to_dis(
     assert sum("rna-engine models install dino --from DIR" in m for m in lines) == 1
     dis = compute_correspondences(frames, roi, 0, FlowSettings(), RunContext())
     assert torch.equal(raft.fwd, dis.fwd) and torch.equal(raft.ref_valid, dis.ref_valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic shot with exact ground truth
+
+
+def test_synthetic_tiny_shot_reference_flow_and_occlusion() -> None:
+    synth = pytest.importorskip("rna_engine.synth")
+    shot = synth.make_shot("tiny")
+    frames = torch.from_numpy(shot.plate_srgb).permute(0, 3, 1, 2).contiguous()
+    r = shot.reference_index
+    c = compute_correspondences(frames, torch.from_numpy(shot.roi), r, FlowSettings(), RunContext())
+    n, h, w = shot.occlusion.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    epe, occluded_valid, visible_valid = [], [], []
+    for t in range(n):
+        if t == r:
+            continue
+        true_flow = np.stack([shot.true_ref_xy[t, ..., 0] - xs, shot.true_ref_xy[t, ..., 1] - ys])
+        valid = c.ref_valid[t].numpy()
+        epe.append(np.linalg.norm(c.ref[t].numpy() - true_flow, axis=0)[valid])
+        occluded_valid.append(valid[shot.occlusion[t] > 0.5])
+        visible_valid.append(valid[shot.occlusion[t] < 0.01])
+    assert np.median(np.concatenate(epe)) < 0.25
+    occluded = np.concatenate(occluded_valid)
+    assert occluded.size > 100
+    assert occluded.mean() < 0.05  # at least 95 % of the truly occluded pixels rejected
+    assert np.concatenate(visible_valid).mean() > 0.8
+    assert torch.equal(c.bootstrap[r], torch.from_numpy(shot.roi))
