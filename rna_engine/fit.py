@@ -135,7 +135,11 @@ class Sampler:
     """Stratified pixel sampling on the device: reference frame, ROI neighbourhood, everything."""
 
     def __init__(
-        self, shot: ShotTensors, settings: FitSettings, generator: torch.Generator, batch: int
+        self,
+        shot: ShotTensors,
+        settings: FitSettings,
+        generator: torch.Generator | None,
+        batch: int,
     ) -> None:
         n, h, w = shot.n_frames, shot.height, shot.width
         self.n, self.h, self.w = n, h, w
@@ -209,8 +213,13 @@ class Fitter:
         torch.manual_seed(ctx.seed)
         self.model = RNAFields(fit, self.atlas_box, self.geometry.xy_extent(), grid_factory)
         self.model.to(self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(ctx.seed)
+        self.use_graph = self.device.type == "cuda" and fit.compile in ("auto", "graph")
+        # A captured graph draws from the default CUDA generator (graph-safe); elsewhere a
+        # private seeded generator keeps CPU runs deterministic and resumable.
+        self.generator: torch.Generator | None = None
+        if not self.use_graph:
+            self.generator = torch.Generator(device=self.device)
+            self.generator.manual_seed(ctx.seed)
         self.history: list[dict[str, float]] = []
         self.timings_s: dict[str, float] = {}
         self.steps_per_s: dict[str, float] = {}
@@ -231,7 +240,9 @@ class Fitter:
             "step": step,
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "generator": self.generator.get_state(),
+            "generator": self.generator.get_state()
+            if self.generator is not None
+            else torch.cuda.get_rng_state(self.device),
             "history": self.history,
             "timings_s": self.timings_s,
         }
@@ -247,9 +258,10 @@ class Fitter:
             log.warning("ignoring unreadable checkpoint %s (%s)", self.ckpt_path, err)
             return None
         self.model.load_state_dict(state["model"])
-        self.generator.set_state(
-            state["generator"].cpu() if self.device.type == "cpu" else state["generator"].cpu()
-        )
+        if self.generator is not None:
+            self.generator.set_state(state["generator"].cpu())
+        else:
+            torch.cuda.set_rng_state(state["generator"].cpu(), self.device)
         self.history = list(state.get("history", []))
         self.timings_s = dict(state.get("timings_s", {}))
         log.info("resuming fit from %s step %d", state["stage"], state["step"])
@@ -263,7 +275,13 @@ class Fitter:
             {"params": params_hash, "lr": lr_hash, "eps": 1e-15},
             {"params": params_mlp, "lr": lr_mlp, "eps": 1e-8},
         ]
-        return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99))
+        groups = [g for g in groups if g["params"]]
+        if self.use_graph:
+            # A captured step reads the learning rate from device tensors updated in place.
+            for g in groups:
+                g["lr"] = torch.tensor(float(g["lr"]), device=self.device)
+            return torch.optim.Adam(groups, betas=(0.9, 0.99), capturable=True, foreach=True)
+        return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
     def _set_lr(
         self, optimizer: torch.optim.Optimizer, base: list[float], step: int, total: int
@@ -272,10 +290,13 @@ class Fitter:
         frac = min(1.0, step / max(total, 1))
         factor = self.fit.lr_decay + (1 - self.fit.lr_decay) * 0.5 * (1 + math.cos(math.pi * frac))
         for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * factor
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr * factor)
+            else:
+                group["lr"] = lr * factor
 
     def _check_finite(self, value: Tensor, stage: str, step: int) -> float:
-        v = float(value)
+        v = float(value.detach())
         if not math.isfinite(v):
             raise FitDiverged(
                 f"{stage}: loss became {v} at step {step}; lower the learning rates "
@@ -286,6 +307,68 @@ class Fitter:
     def _report(self, stage: str, step: int, total: int, **metrics: float) -> None:
         self.ctx.cancel.check()
         self.ctx.reporter.update(stage, step / max(total, 1), f"step {step}/{total}", **metrics)
+
+    def _steps(
+        self,
+        stage: str,
+        start: int,
+        total: int,
+        opt: torch.optim.Optimizer,
+        base: list[float],
+        loss_fn: Callable[[int], tuple[Tensor, dict[str, Tensor]]],
+        on_log: Callable[[int, float, dict[str, Tensor]], None],
+    ) -> None:
+        """Run steps `start..total` of one stage: eager, or replaying one captured CUDA graph.
+
+        `loss_fn(step)` samples a batch on the device and returns the loss and its terms; it
+        may read per-step device tensors the caller updates in place (never Python values that
+        change between steps, which a graph would freeze). Losses are read back only every
+        `log_every` steps; checkpoints every `checkpoint_every`.
+        """
+        graph: torch.cuda.CUDAGraph | None = None
+        static: tuple[Tensor, dict[str, Tensor]] | None = None
+        step = start
+        if self.use_graph and total - start > 8:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up steps (real ones): kernels compiled, state built
+                    self._set_lr(opt, base, step, total)
+                    opt.zero_grad(set_to_none=True)
+                    loss, _ = loss_fn(step)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                static = loss_fn(step)
+                static[0].backward()
+                opt.step()
+        while step < total:
+            self._set_lr(opt, base, step, total)
+            if graph is not None and static is not None:
+                self._before_step(step)
+                graph.replay()
+                loss, terms = static
+            else:
+                self._before_step(step)
+                loss, terms = loss_fn(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            step += 1
+            if step % self.fit.log_every == 0 or step == total:
+                on_log(step, self._check_finite(loss, stage, step), terms)
+            if self.ckpt_path and step % self.fit.checkpoint_every == 0 and step < total:
+                self._save(stage, step, opt)
+
+    def _before_step(self, step: int) -> None:
+        """Per-step updates of device tensors a captured step reads (set by the stages)."""
+        hook = getattr(self, "_step_hook", None)
+        if hook is not None:
+            hook(step)
 
     # --------------------------------------------------------------------------------------
     # Stage 1: identity pre-training of T
@@ -300,22 +383,24 @@ class Fitter:
         if start and self._pending_opt is not None:
             opt.load_state_dict(self._pending_opt)
         batch = min(self.fit.batch_size, 65_536)
-        t0 = time.perf_counter()
-        for step in range(start, total):
+        base = [
+            g["lr"] if not isinstance(g["lr"], Tensor) else float(g["lr"]) for g in opt.param_groups
+        ]
+        self._step_hook = None
+
+        def loss_fn(step: int) -> tuple[Tensor, dict[str, Tensor]]:
             g = self.generator
             x = torch.rand(batch, generator=g, device=self.device) * (shot.width - 1)
             y = torch.rand(batch, generator=g, device=self.device) * (shot.height - 1)
             t = torch.randint(0, shot.n_frames, (batch,), generator=g, device=self.device).float()
             xyt = geo.xyt_norm(x, y, t)
-            loss = ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if (step + 1) % self.fit.log_every == 0 or step + 1 == total:
-                v = self._check_finite(loss, "pretrain", step + 1)
-                self._report("fit", 0.05 * (step + 1) / total, 1, loss=v)
-            if self.ckpt_path and (step + 1) % self.fit.checkpoint_every == 0:
-                self._save("pretrain", step + 1, opt)
+            return ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean(), {}
+
+        def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
+            self._report("fit", 0.05 * step / total, 1, loss=loss)
+
+        t0 = time.perf_counter()
+        self._steps("pretrain", start, total, opt, base, loss_fn, on_log)
         self.timings_s["pretrain"] = self.timings_s.get("pretrain", 0) + time.perf_counter() - t0
         self._save("fit", 0, None)
 
@@ -399,29 +484,31 @@ class Fitter:
             + list(model.shade_mlp.parameters())
         )
         opt = self._optimizer(hash_params, mlp_params, self.fit.lr_hash, self.fit.lr_mlp)
-        base = [g["lr"] for g in opt.param_groups]
+        base = [float(g["lr"]) for g in opt.param_groups]
         if start and self._pending_opt is not None:
             opt.load_state_dict(self._pending_opt)
         sampler = Sampler(self.shot, self.fit, self.generator, self.fit.batch_size)
         boot_steps = int(round(total * self.fit.bootstrap_fraction))
         boot_on = torch.ones((), device=self.device)
-        t0 = time.perf_counter()
-        for step in range(start, total):
-            self._set_lr(opt, base, step, total)
+
+        def hook(step: int) -> None:
             boot_on.fill_(1.0 if step < boot_steps else 0.0)
-            loss, terms = self._joint_losses(sampler.sample(), boot_on)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done = step + 1
-            if done % self.fit.log_every == 0 or done == total:
-                v = self._check_finite(loss, "fit", done)
-                record = {"stage": 1.0, "step": float(done), "loss": v}
-                record.update({k: float(val) for k, val in terms.items()})
-                self.history.append(record)
-                self._report("fit", 0.05 + 0.95 * done / total, 1, loss=v)
-            if self.ckpt_path and done % self.fit.checkpoint_every == 0 and done < total:
-                self._save("fit", done, opt)
+
+        self._step_hook = hook
+
+        def loss_fn(step: int) -> tuple[Tensor, dict[str, Tensor]]:
+            return self._joint_losses(sampler.sample(), boot_on)
+
+        def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
+            record = {"stage": 1.0, "step": float(step), "loss": loss}
+            record.update({k: float(val.detach()) for k, val in terms.items()})
+            self.history.append(record)
+            self._report("fit", 0.05 + 0.95 * step / total, 1, loss=loss)
+
+        hook(start)
+        t0 = time.perf_counter()
+        self._steps("fit", start, total, opt, base, loss_fn, on_log)
+        self._step_hook = None
         elapsed = time.perf_counter() - t0
         self.timings_s["fit"] = self.timings_s.get("fit", 0) + elapsed
         if total > start:
@@ -491,15 +578,14 @@ class Fitter:
             rs.lr_hash,
             rs.lr_mlp,
         )
-        base = [g["lr"] for g in opt.param_groups]
+        base = [float(g["lr"]) for g in opt.param_groups]
         if start and self._pending_opt is not None:
             opt.load_state_dict(self._pending_opt)
         sampler = Sampler(shot, self.fit, self.generator, self.fit.batch_size)
         corr = shot.corr
         hw = shot.height * shot.width
-        t0 = time.perf_counter()
-        for step in range(start, total):
-            self._set_lr(opt, base, step, total)
+
+        def loss_fn(step: int) -> tuple[Tensor, dict[str, Tensor]]:
             index = sampler.sample()
             t = index // hw
             rem = index - t * hw
@@ -526,17 +612,15 @@ class Fitter:
                     + losses.masked_mean((m_p - m_b).abs(), corr.bwd_valid[t, y, x].float())
                 )
             )
-            loss = self.fit.weights.rgb * rgb + refine_term + flow_term
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done = step + 1
-            if done % self.fit.log_every == 0 or done == total:
-                v = self._check_finite(loss, "refine", done)
-                self.history.append({"stage": 2.0, "step": float(done), "loss": v})
-                self._report("refine", done, total, loss=v)
-            if self.ckpt_path and done % self.fit.checkpoint_every == 0 and done < total:
-                self._save("refine", done, opt)
+            return self.fit.weights.rgb * rgb + refine_term + flow_term, {}
+
+        def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
+            self.history.append({"stage": 2.0, "step": float(step), "loss": loss})
+            self._report("refine", step, total, loss=loss)
+
+        self._step_hook = None
+        t0 = time.perf_counter()
+        self._steps("refine", start, total, opt, base, loss_fn, on_log)
         elapsed = time.perf_counter() - t0
         self.timings_s["refine"] = self.timings_s.get("refine", 0) + elapsed
         self.steps_per_s["refine"] = (total - start) / max(elapsed, 1e-9)

@@ -506,7 +506,8 @@ def write_exr(
     for n in names:
         kind = types.get(n, "float" if "uv" in n.lower() else "half")
         formats.append(getattr(oiio, _PIXEL_TYPES[kind]))
-    spec = oiio.ImageSpec(width, height, len(names), oiio.FLOAT)
+    same = all(f == formats[0] for f in formats)
+    spec = oiio.ImageSpec(width, height, len(names), formats[0] if same else oiio.FLOAT)
     spec.channelnames = tuple(names)
     spec.channelformats = tuple(formats)
     if data_window is not None:

@@ -186,9 +186,40 @@ def _tracker(ctx: RunContext, sinks: list[Sink]) -> ProgressTracker:
     return ProgressTracker(STAGE_WEIGHTS, [*sinks, relay])
 
 
+def validate_inputs(spec: BuildSpec) -> None:
+    """Cheap checks of every input before anything is written (exit 2 with one line).
+
+    Frames exist and are at least two, the reference frame is inside the range, the ROI (and
+    holdout) exist with the plate's size, and the ROI is neither empty nor the whole frame.
+    """
+    frames = io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
+    numbers = sorted(frames)
+    if len(numbers) < 2:
+        raise InputError(
+            f"{frames[numbers[0]]}: a build needs at least 2 frames (found {len(numbers)})"
+        )
+    if spec.reference_frame not in frames:
+        raise InputError(
+            f"reference frame {spec.reference_frame}: outside the plate's frames "
+            f"{io.format_frame_range(numbers)}"
+        )
+    first = io.read_image(frames[numbers[0]])
+    size = (first.width, first.height)
+    roi_path = _matte_path(spec, spec.roi, spec.reference_frame)
+    roi = read_matte(roi_path, spec.roi_channel, size, "the ROI")
+    inside = float((roi >= 0.5).mean())
+    if inside == 0.0:
+        raise InputError(f"{roi_path}: the ROI is empty on reference frame {spec.reference_frame}")
+    if inside > 0.98:
+        raise InputError(f"{roi_path}: the ROI covers the whole frame; it must select a region")
+    if spec.holdout:
+        holdout = io.resolve_sequence(spec.resolve(spec.holdout), io.format_frame_range(numbers))
+        read_matte(holdout[numbers[0]], spec.holdout_channel, size, "the holdout")
+
+
 def prepare(spec: BuildSpec) -> tuple[BuildPaths, str]:
-    """The version folder and hash of a build (validates the plate pattern first)."""
-    io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
+    """Validate the inputs; the version folder and hash of a build."""
+    validate_inputs(spec)
     digest = build_hash(spec)
     paths = choose_version(spec.resolve(spec.out), spec.name, spec.version, digest)
     return paths, digest
@@ -225,7 +256,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
                 **spec_dict,
                 "build_hash": digest,
                 "engine_version": __version__,
-                "cache_format": _cache_format(),
+                "cache_format_version": _cache_format(),
                 "torch": torch.__version__,
                 "device": device,
             },

@@ -260,11 +260,6 @@ def test_cli_writes_the_comp_and_unpainted_is_the_plate(
         assert not comp.pixels[..., 3].any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="io.write_exr writes FLOAT when every channel is half "
-    "(OIIO ignores uniform channelformats); reported to the io owner",
-)
 def test_outputs_are_half(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scene = _scene()
     paths = write_cache(tmp_path, scene, identity_stmap(H, W), frames=(1001,))
