@@ -335,13 +335,14 @@ def closed_form_refine(
     d = res.clone()
     rs = (res * res).sum()
     rs0 = rs.clamp_min(1e-30)
-    for _ in range(iterations):
+    for step_index in range(iterations):
         ad = op(d)
         step = rs / (d * ad).sum().clamp_min(1e-30)
         x = x + step * d
         res = res - step * ad
         rs_new = (res * res).sum()
-        if float(rs_new) <= rtol * rtol * float(rs0):
+        # the stopping test reads the device: only every few steps
+        if step_index % 8 == 7 and float(rs_new) <= rtol * rtol * float(rs0):
             break
         d = res + (rs_new / rs) * d
         rs = rs_new
@@ -470,6 +471,7 @@ class GuidedBackend:
         s = self.settings
         # every window over the band must reach sure pixels on both sides of it
         radius = max(s.guided_radius_px, 2 * band_radius_px)
+        tile = s.tile_px or (1024 if guide_linear.is_cuda else 256)
         return guided_matte(
             encode_guide(guide_linear, s.guide_encoding),
             trimap,
@@ -479,7 +481,7 @@ class GuidedBackend:
             s.closed_form_iterations,
             s.closed_form_radius_px,
             s.closed_form_eps,
-            s.tile_px,
+            tile,
         )
 
 
@@ -859,13 +861,16 @@ def _matte_before_holdout(
         target = occluder_target(mask, roi, radius)
     trimap = make_trimap(target, radius, settings.uncertain_mask)
     alpha = backend(guide_linear, trimap, radius)
+    unknown = trimap == UNKNOWN
     if roi is not None:
         alpha = alpha * roi
+        # the ROI's border moves with the surface, not with the occluder the flow follows
+        unknown &= ~_dilate(roi < 0.999, radius)
     return stabilise_frame(
         alpha,
         previous,
         previous_flow,
-        trimap == UNKNOWN,
+        unknown,
         settings.temporal_weight,
         settings.temporal_tolerance,
     )
