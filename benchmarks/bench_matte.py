@@ -166,13 +166,15 @@ def clip_scene(name: str, frames: int) -> dict[str, Any] | None:
     rgb, grey, masks = [], [], []
     for p in paths:
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        m = cv2.imread(str(folder / "masks" / (p.stem + ".png")), cv2.IMREAD_GRAYSCALE)
+        if bgr is None or m is None:
+            raise SystemExit(f"{p}: unreadable frame or mask")
         grey.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
         srgb = bgr[..., ::-1].astype(np.float32) / 255.0
         linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
         rgb.append(torch.from_numpy(np.ascontiguousarray(linear.transpose(2, 0, 1))))
-        m = cv2.imread(str(folder / "masks" / (p.stem + ".png")), cv2.IMREAD_GRAYSCALE)
-        masks.append(torch.from_numpy((m < 128).astype(np.float32)))  # background = the ROI
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        masks.append(torch.from_numpy(np.asarray(m < 128, np.float32)))  # background = the ROI
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
     flows: list[torch.Tensor | None] = [None]
     for t in range(1, len(paths)):
         f = dis.calc(grey[t], grey[t - 1], None)  # pixel of t → where it was in t − 1

@@ -6,7 +6,9 @@ in bounded memory (work is tiled and limited to the unknown band's bounding box)
 
 1. **Trimap** (`make_trimap`): M binarised at 0.5; an unknown band of `band_px` working pixels
    (× `scale` at the plate) centred on the binary edge, plus every pixel where M itself is
-   undecided (`uncertain_mask`): the soft edge the fit saw at the occluder's boundary.
+   undecided (`uncertain_mask`): the soft edge the fit saw at the occluder's boundary. Given
+   the ROI carried to the frame (`roi_tracked`), only occluder edges are matted and the result
+   is multiplied by it (`occluder_target`): the ROI's border is no image edge.
 2. **Matting** of the band, guided by a display encoding of the plate (`encode_guide`), forced
    to 1/0 in the sure regions:
    * `guided` (default, no weights, `guided_matte`): a colour guided filter (He et al.) whose
@@ -18,7 +20,8 @@ in bounded memory (work is tiled and limited to the unknown band's bounding box)
      feathered overlaps (`VitMatteBackend`); without weights one warning names the install
      command and `guided` is used.
 3. **Temporal stabilisation** (`stabilise_frame`, `stabilise`): inside the unknown band only,
-   an exponential blend with the previous frame's matte warped by a backward flow t→t−1.
+   an exponential blend with the previous frame's matte warped by a backward flow t→t−1,
+   faded out where the two disagree by more than `temporal_tolerance` (a wrong flow).
 4. **Holdout**: `matte *= 1 − holdout`.
 
 Conventions: images are channel-first torch tensors, rows top-down. A flow is (dx, dy) in plate
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -509,7 +512,11 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def tiled_apply(
-    fn: Any, image: Tensor, tile_px: int, overlap_px: int, needed: Tensor | None = None
+    fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    tile_px: int,
+    overlap_px: int,
+    needed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Apply a per-tile function over an image in overlapping tiles, blended with feathering.
 
@@ -597,7 +604,8 @@ class VitMatteBackend:
         """Load a `save_pretrained` folder onto `device` in eval mode."""
         from transformers import VitMatteForImageMatting
 
-        model = VitMatteForImageMatting.from_pretrained(str(path)).to(device).eval()
+        model: Any = VitMatteForImageMatting.from_pretrained(str(path))
+        model = model.to(device).eval()
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         pre = path / "preprocessor_config.json"
         if pre.is_file():
