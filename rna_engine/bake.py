@@ -28,7 +28,7 @@ from .fit import FitResult, query_fields
 from .io import resize_area, write_exr, write_rgba_exr
 from .matte import load_backend, soft_matte
 from .settings import BakeSettings, MatteSettings
-from .stmap import uv_norm_to_stmap
+from .stmap import sample_stmap, uv_norm_to_stmap
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def bake_frame(
     matte_settings: MatteSettings,
     matte_backend: Any,
     device: torch.device,
+    roi_plate: np.ndarray,
     holdout: np.ndarray | None = None,
     previous_matte: Tensor | None = None,
 ) -> tuple[dict[str, np.ndarray], tuple[int, int, int, int], Tensor]:
@@ -160,8 +161,21 @@ def bake_frame(
     prev = None
     if previous_matte is not None:
         prev = previous_matte[y0 : y0 + h, x0 : x0 + w]
+    # The ROI carried to this frame through the UVs: only occluder edges get matted, and the
+    # ROI's own (artist-drawn) border stays as drawn.
+    roi_tracked = torch.from_numpy(
+        sample_stmap(roi_plate[..., None], uv.astype(np.float32), "linear")[..., 0]
+    ).to(device)
     matte_free = soft_matte(
-        guide, mask, matte_settings, fmt.scale, None, prev, None, backend=matte_backend
+        guide,
+        mask,
+        matte_settings,
+        fmt.scale,
+        None,
+        prev,
+        None,
+        roi_tracked=roi_tracked,
+        backend=matte_backend,
     )
     full = torch.zeros(fmt.height, fmt.width, device=device)
     full[y0 : y0 + h, x0 : x0 + w] = matte_free
@@ -230,6 +244,7 @@ def bake(
             matte_settings,
             backend,
             device,
+            roi_plate,
             holdout,
             previous,
         )

@@ -147,9 +147,20 @@ class Sampler:
         self.n_ref = int(batch * settings.reference_fraction)
         self.n_roi = int(batch * settings.roi_fraction)
         self.n_all = batch - self.n_ref - self.n_roi
-        # ROI neighbourhood: bootstrap masks dilated by a few pixels (where the ROI may be).
-        boot = shot.corr.bootstrap.float()[:, None]
-        near = torch.nn.functional.max_pool2d(boot, 9, stride=1, padding=4)[:, 0] > 0.5
+        # ROI neighbourhood: per frame, the bounding box of the bootstrap mask plus a margin.
+        # A box, not the mask itself: occluded ROI pixels are holes in the bootstrap mask, and
+        # they are exactly where M must learn 0, so they need samples too.
+        boot = shot.corr.bootstrap > 0.5
+        margin = settings.roi_margin_px
+        near = torch.zeros_like(boot)
+        rows_any, cols_any = boot.any(2), boot.any(1)
+        for t in range(n):
+            rows = torch.nonzero(rows_any[t]).flatten()
+            cols = torch.nonzero(cols_any[t]).flatten()
+            if rows.numel():
+                r0, r1 = max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + margin + 1)
+                c0, c1 = max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + margin + 1)
+                near[t, r0:r1, c0:c1] = True
         idx = torch.nonzero(near.reshape(-1), as_tuple=True)[0]
         if idx.numel() == 0:
             idx = torch.arange(n * h * w, device=boot.device)

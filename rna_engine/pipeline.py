@@ -315,6 +315,8 @@ def _stages(
     settings = spec.settings
     device = torch.device(ctx.device)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.zeros(1, device=device)  # initialise the context before touching its statistics
         torch.cuda.reset_peak_memory_stats(device)
     data = ingest(spec, ctx)
     roi = torch.from_numpy(data.roi_working)

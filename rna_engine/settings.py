@@ -193,6 +193,8 @@ class FitSettings:
     """Share of each batch forced onto the reference frame (stratified sampling)."""
     roi_fraction: float = 0.4
     """Share of each batch drawn from the ROI's neighbourhood (bootstrap masks dilated)."""
+    roi_margin_px: int = 4
+    """Margin around each frame's ROI box for the ROI samples, working pixels."""
     bootstrap_fraction: float = 1 / 6
     """Fraction of the fit during which the bootstrap BCE is on (10 k of 60 k in the paper)."""
     lr_mlp: float = 5e-4

@@ -1,0 +1,268 @@
+"""Benchmark suite: full builds on synthetic ground-truth shots and the real clips.
+
+    python benchmarks/run.py --suite small|bench|hd --device cuda:0 --out results/
+    python benchmarks/run.py --clips ../shared/data/clips --clip blackswan --device cuda:0
+
+Per case: per-stage wall time, peak GPU memory, fit steps/s; quality: ROI PSNR over all frames
+(the QC definitions in `rna_engine/qc.py`), edit PSNR against the exact expected render and
+paint leaking onto occluders (synthetic), mask IoU against ground truth or the annotation.
+Writes `<out>/bench.json` and prints a Markdown table for BENCHMARKS.md. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rna_engine import io  # noqa: E402
+from rna_engine.apply import ApplySettings, apply_sequence  # noqa: E402
+from rna_engine.colour import working_space  # noqa: E402
+from rna_engine.context import RunContext  # noqa: E402
+from rna_engine.pipeline import run_build  # noqa: E402
+from rna_engine.qc import encoded_error  # noqa: E402
+from rna_engine.settings import spec_from_dict  # noqa: E402
+from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
+
+SUITES = {"small": ["small"], "bench": ["bench"], "hd": ["hd"], "all": ["bench", "hd"]}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _psnr(err: float) -> float:
+    return 99.0 if err <= 1e-12 else -10.0 * math.log10(err)
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def _summary(paths: Any, wall_s: float) -> dict[str, Any]:
+    status = json.loads(paths.status_json.read_text())
+    report = json.loads((paths.qc_dir / "report.json").read_text())
+    return {
+        "wall_s": round(wall_s, 2),
+        "stages_s": status["timings"],
+        "fit_s": report["fit_timings_s"],
+        "steps_per_s": report["steps_per_s"],
+        "peak_gpu_mib": report["peak_gpu_memory_mib"],
+        "psnr_roi": report["psnr_roi_mean"],
+        "psnr_atlas": report["psnr_atlas_mean"],
+    }
+
+
+def run_synthetic(
+    preset: str, device: str, quality: str, out: Path, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    shot = make_shot(preset, seed=0)
+    p = shot.params
+    shot_dir = out / f"shot_{preset}"
+    t0 = time.perf_counter()
+    write_shot(shot, shot_dir, truth=False, srgb=False)
+    synth_s = time.perf_counter() - t0
+    spec = spec_from_dict(
+        {
+            "plate": str(shot_dir / "plate" / "plate.####.exr"),
+            "roi": str(shot_dir / "roi.exr"),
+            "reference_frame": shot.reference_frame,
+            "out": str(out / "cache"),
+            "name": f"{preset}_{quality}",
+            "device": device,
+            "settings": {"preset": quality, **overrides},
+        }
+    )
+    t1 = time.perf_counter()
+    paths = run_build(spec, RunContext(seed=0))
+    result = _summary(paths, time.perf_counter() - t1)
+    result.update(
+        {
+            "case": f"synthetic {preset} {p.width}x{p.height}x{p.frames}",
+            "preset": quality,
+            "synth_s": round(synth_s, 1),
+        }
+    )
+    # Edit against the exact expected render (linear filter = the ground truth's sampling).
+    atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B", "A"))
+    edit = paint_pattern(p.width, p.height, shot.roi)
+    edit[..., 3] *= shot.roi
+    painted = atlas.copy()
+    a = edit[..., 3:4]
+    painted[..., :3] = atlas[..., :3] * (1 - a) + edit[..., :3] * a
+    io.write_rgba_exr(out / f"painted_{preset}.exr", painted, pixel_type="float")
+    t2 = time.perf_counter()
+    comps = apply_sequence(
+        paths.root,
+        out / f"painted_{preset}.exr",
+        shot_dir / "plate" / "plate.####.exr",
+        out / f"comp_{preset}" / "comp.####.exr",
+        ApplySettings(filter="linear"),
+    )
+    result["apply_s"] = round(time.perf_counter() - t2, 2)
+    err, count, leak, paint_total, inter, union = 0.0, 0, 0.0, 0.0, 0, 0
+    space = working_space("scene_linear")
+    for t, path in enumerate(comps):
+        f = shot.frame(t)
+        comp = io.read_image(path).pixels[..., :3]
+        expected = shot.render_edit(edit, t)
+        roi = f["roi_tracked"] > 0.5
+        e, n = encoded_error(comp, expected, roi, space)
+        err += e
+        count += n
+        paint = np.abs(comp - f["plate"]).sum(-1)
+        leak += float(paint[f["occlusion"] > 0.5].sum())
+        paint_total += float(paint.sum())
+        m = io.read_image(paths.pass_path(shot.frame_numbers[t])).channel("rna_mask.m") > 0.5
+        truth = (f["roi_tracked"] * (1 - f["occlusion"])) > 0.5
+        inter += int((m & truth).sum())
+        union += int((m | truth).sum())
+    result["edit_psnr"] = round(_psnr(err / max(count, 1)), 2)
+    result["paint_leak_pct"] = round(100 * leak / max(paint_total, 1e-9), 3)
+    result["mask_iou"] = round(inter / max(union, 1), 4)
+    return result
+
+
+def run_clip(
+    clips: Path,
+    name: str,
+    device: str,
+    quality: str,
+    out: Path,
+    overrides: dict[str, Any],
+    reference_index: int = 25,
+) -> dict[str, Any]:
+    """A real clip with the ROI on the background; IoU of the occluded set vs the annotation."""
+    import cv2
+
+    frames = sorted((clips / name / "frames").glob("*.jpg"))
+    masks = sorted((clips / name / "masks").glob("*.png"))
+    obj = [cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) > 127 for m in masks]
+    h, w = obj[0].shape
+    # ROI: a wide band of background around the object's path, minus the object (dilated) on
+    # the reference frame, where the ROI must be unoccluded.
+    union = np.any(np.stack(obj), 0)
+    rows, cols = np.nonzero(union)
+    roi = np.zeros((h, w), np.float32)
+    r0, r1 = max(0, rows.min() - 40), min(h, rows.max() + 40)
+    c0, c1 = max(0, cols.min() - 60), min(w, cols.max() + 60)
+    roi[r0:r1, c0:c1] = 1
+    keep_out = cv2.dilate(obj[reference_index].astype(np.uint8), np.ones((31, 31), np.uint8)) > 0
+    roi[keep_out] = 0
+    io.write_exr(out / f"{name}_roi.exr", {"A": roi})
+    plate_dir = out / f"{name}_frames"
+    plate_dir.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        target = plate_dir / f"{name}.{i:04d}.jpg"
+        if not target.exists():
+            target.write_bytes(f.read_bytes())
+    spec = spec_from_dict(
+        {
+            "plate": str(plate_dir / f"{name}.####.jpg"),
+            "roi": str(out / f"{name}_roi.exr"),
+            "reference_frame": reference_index,
+            "out": str(out / "cache"),
+            "name": f"{name}_{quality}",
+            "device": device,
+            "settings": {"preset": quality, **overrides},
+        }
+    )
+    t1 = time.perf_counter()
+    paths = run_build(spec, RunContext(seed=0))
+    result = _summary(paths, time.perf_counter() - t1)
+    result.update({"case": f"{name} {w}x{h}x{len(frames)}", "preset": quality})
+    # Inside the ROI's box, the occluded set (M < 0.5) against the annotated object.
+    inter = union_px = 0
+    box = np.zeros((h, w), bool)
+    box[r0:r1, c0:c1] = True
+    for i in range(len(frames)):
+        m = io.read_image(paths.pass_path(i)).channel("rna_mask.m") < 0.5
+        occluded = m & box
+        truth = obj[i] & box
+        inter += int((occluded & truth).sum())
+        union_px += int((occluded | truth).sum())
+    result["mask_iou"] = round(inter / max(union_px, 1), 4)
+    return result
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Device: {meta['device']} · commit {meta['commit']} · `{meta['command']}`",
+        "",
+        "| case | preset | build s | ingest | corr | fit | refine | bake | qc | fit steps/s "
+        "| peak GPU MiB | ROI PSNR | atlas PSNR | edit PSNR | leak % | mask IoU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["stages_s"]
+        lines.append(
+            f"| {r['case']} | {r['preset']} | {r['wall_s']:.1f} | "
+            + " | ".join(
+                f"{s.get(k, 0):.1f}"
+                for k in ("ingest", "correspondences", "fit", "refine", "bake", "qc")
+            )
+            + f" | {r['steps_per_s'].get('fit', 0):.0f} | "
+            f"{r['peak_gpu_mib'] or 0:.0f} | {r['psnr_roi'] or 0:.2f} | "
+            f"{r['psnr_atlas'] or 0:.2f} | {r.get('edit_psnr', '–')} | "
+            f"{r.get('paint_leak_pct', '–')} | {r.get('mask_iou', '–')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="", choices=("", *SUITES))
+    parser.add_argument("--clips", default="", help="folder of the real clips")
+    parser.add_argument("--clip", action="append", default=[], help="clip name(s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="standard", choices=("draft", "standard", "final"))
+    parser.add_argument("--set", default="{}", help="JSON settings overrides")
+    parser.add_argument("--out", default="bench_out")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(args.set)
+    rows = []
+    for preset in SUITES.get(args.suite, []):
+        rows.append(run_synthetic(preset, args.device, args.preset, out, overrides))
+        print(json.dumps(rows[-1]), flush=True)
+    for name in args.clip:
+        rows.append(run_clip(Path(args.clips), name, args.device, args.preset, out, overrides))
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {
+        "device": _device_name(args.device if args.device != "auto" else "cuda:0"),
+        "commit": _commit(),
+        "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
+    }
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    table = markdown(rows, meta)
+    (out / "bench.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
