@@ -32,6 +32,7 @@ from rna_engine.context import RunContext  # noqa: E402
 from rna_engine.pipeline import run_build  # noqa: E402
 from rna_engine.qc import encoded_error  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
+from rna_engine.stmap import sample_stmap  # noqa: E402
 from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
 
 SUITES = {"small": ["small"], "bench": ["bench"], "hd": ["hd"], "all": ["bench", "hd"]}
@@ -194,14 +195,16 @@ def run_clip(
     paths = run_build(spec, RunContext(seed=0))
     result = _summary(paths, time.perf_counter() - t1)
     result.update({"case": f"{name} {w}x{h}x{len(frames)}", "preset": quality})
-    # Inside the ROI's box, the occluded set (M < 0.5) against the annotated object.
+    # Inside the tracked ROI (the reference ROI carried by the UVs), the occluded set (M < 0.5)
+    # against the annotated object.
     inter = union_px = 0
-    box = np.zeros((h, w), bool)
-    box[r0:r1, c0:c1] = True
     for i in range(len(frames)):
-        m = io.read_image(paths.pass_path(i)).channel("rna_mask.m") < 0.5
-        occluded = m & box
-        truth = obj[i] & box
+        p = io.read_image(paths.pass_path(i))
+        uv = p.select(("rna_uv.u", "rna_uv.v"))
+        tracked = sample_stmap(roi[..., None], uv, "linear")[..., 0] > 0.5
+        tracked &= p.channel("rna_uv.u") != 0  # inside the data window
+        occluded = (p.channel("rna_mask.m") < 0.5) & tracked
+        truth = obj[i] & tracked
         inter += int((occluded & truth).sum())
         union_px += int((occluded | truth).sum())
     result["mask_iou"] = round(inter / max(union_px, 1), 4)
