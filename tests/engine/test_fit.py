@@ -19,16 +19,27 @@ import torch
 from rna_engine import colour, synth
 from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
-from rna_engine.fit import Fitter, FitResult, ShotTensors, query_fields, validate_shot
+from rna_engine.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
 from rna_engine.flow import compute_correspondences
 from rna_engine.progress import CancelToken
 from rna_engine.settings import build_settings
 
 TINY_FIT: dict[str, Any] = {
-    "fit": {"pretrain_steps": 100, "iterations": 500, "batch_size": 1536, "log_every": 50,
-            "checkpoint_every": 100, "scale_with_shot": False, "mapping_width": 64,
-            "hash_grid": {"n_levels": 8, "log2_hashmap_size": 12, "base_resolution": 8,
-                          "per_level_scale": 1.5}},
+    "fit": {
+        "pretrain_steps": 100,
+        "iterations": 500,
+        "batch_size": 1536,
+        "log_every": 50,
+        "checkpoint_every": 100,
+        "scale_with_shot": False,
+        "mapping_width": 64,
+        "hash_grid": {
+            "n_levels": 8,
+            "log2_hashmap_size": 12,
+            "base_resolution": 8,
+            "per_level_scale": 1.5,
+        },
+    },
     "refine": {"iterations": 150},
 }
 
@@ -48,8 +59,9 @@ def case() -> Case:
     frames = torch.from_numpy(space.encode(shot.plate_linear)).permute(0, 3, 1, 2).contiguous()
     roi = torch.from_numpy(shot.roi)
     settings = build_settings("draft", TINY_FIT)
-    corr = compute_correspondences(frames, roi, shot.reference_index, settings.flow,
-                                   RunContext(device="cpu"))
+    corr = compute_correspondences(
+        frames, roi, shot.reference_index, settings.flow, RunContext(device="cpu")
+    )
     return Case(shot, ShotTensors(frames, roi, shot.reference_index, corr), settings)
 
 
@@ -119,8 +131,11 @@ def test_reference_frame_alignment_below_one_pixel(case: Case, fitted: tuple) ->
 
 
 def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> None:
-    small = {**TINY_FIT, "fit": {**TINY_FIT["fit"], "iterations": 120, "checkpoint_every": 40},
-             "refine": {"iterations": 30}}
+    small = {
+        **TINY_FIT,
+        "fit": {**TINY_FIT["fit"], "iterations": 120, "checkpoint_every": 40},
+        "refine": {"iterations": 30},
+    }
     case = Case(case.shot, case.tensors, build_settings("draft", small))
     reference = _fitter(case).run()
     cancel = CancelToken()
@@ -139,8 +154,9 @@ def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> N
         fitter.run()
     assert (tmp_path / "fit.ckpt").exists()
     resumed = _fitter(case, tmp_path).run()
-    for (name, a), b in zip(reference.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
