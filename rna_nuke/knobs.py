@@ -267,6 +267,14 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "",
         "Python of the engine environment (empty: $RNA_ENGINE_PYTHON, else the default).",
     ),
+    KnobSpec(
+        "engine_settings",
+        "String",
+        "extra settings (JSON)",
+        "",
+        "Engine setting overrides as a JSON object, applied after the quality preset and the "
+        'knobs above, e.g. {"fit": {"iterations": 5000}}. Empty: none.',
+    ),
     KnobSpec("info_tab", "Tab", "Info"),
     KnobSpec("info_rna_version", "Text", "RNA version", __version__),
     KnobSpec("info_engine_version", "Text", "engine version", "-"),
@@ -476,6 +484,9 @@ def build_spec(
 ) -> dict[str, Any]:
     """The engine's build spec (keys of `rna_engine.settings.BuildSpec`) from knob values.
 
+    `settings` holds the quality preset, the seed and the non-default Advanced knobs, with the
+    `engine_settings` JSON merged in last (it wins over the knobs).
+
     Args:
         values: knob name → value (`default_values()` fills what is missing).
         plate, roi, holdout: file paths or sequence patterns the engine reads.
@@ -510,6 +521,7 @@ def build_spec(
         settings["ingest"] = {"working_long_side": long_side}
     if atlas_scale != 1.0:
         settings["bake"] = {"atlas_scale": atlas_scale}
+    settings = merge_settings(settings, extra_settings(v.get("engine_settings")))
     return {
         "plate": plate,
         "roi": roi,
@@ -524,6 +536,40 @@ def build_spec(
         "device": device,
         "settings": settings,
     }
+
+
+def extra_settings(text: Any) -> dict[str, Any]:
+    """The `engine_settings` knob's JSON object (empty text: `{}`); raises `SpecError`.
+
+    Only the JSON is checked here; the engine validates the setting names and types and answers
+    `invalid_spec` naming the setting.
+    """
+    text = str(text or "").strip()
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise SpecError(f"extra settings (JSON): not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise SpecError(
+            'extra settings (JSON): expected an object like {"fit": {"iterations": 5000}}, '
+            f"got {type(data).__name__}"
+        )
+    if "preset" in data:
+        raise SpecError("extra settings (JSON): set the preset with the quality knob, not here")
+    return data
+
+
+def merge_settings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over` merged in, nested objects key by key (`over` wins)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def frames_of_spec(frames: str) -> tuple[int, int] | None:

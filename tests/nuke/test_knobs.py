@@ -157,6 +157,63 @@ def test_build_spec_rejects_bad_knobs_by_name(override: dict, message: str) -> N
         _spec(**override)
 
 
+def test_engine_settings_json_is_merged_into_the_settings() -> None:
+    from rna_engine.settings import spec_from_dict
+
+    extra = {
+        "fit": {"iterations": 5000, "hash_grid": {"n_levels": 8}},
+        "ingest": {"colour": "display"},
+    }
+    spec = _spec(
+        quality="draft",
+        seed=3,
+        working_long_side=512,
+        engine_settings="  " + json.dumps(extra) + "\n",
+    )
+    assert spec["settings"] == {
+        "preset": "draft",
+        "seed": 3,
+        "ingest": {"working_long_side": 512, "colour": "display"},  # knob and JSON side by side
+        "fit": {"iterations": 5000, "hash_grid": {"n_levels": 8}},
+    }
+    parsed = spec_from_dict(spec).settings
+    assert parsed.fit.iterations == 5000
+    assert parsed.fit.hash_grid.n_levels == 8
+    assert parsed.fit.batch_size == 8192  # the rest of the draft preset stays
+    assert (parsed.ingest.working_long_side, parsed.ingest.colour) == (512, "display")
+    # the JSON is applied last: it wins over a knob
+    spec = _spec(working_long_side=512, engine_settings='{"ingest": {"working_long_side": 96}}')
+    assert spec_from_dict(spec).settings.ingest.working_long_side == 96
+    assert _spec(engine_settings=" ")["settings"] == {"preset": "standard", "seed": 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"fit": {"iterations": 5000}', "extra settings \\(JSON\\): not valid JSON"),
+        ("fit.iterations=5000", "extra settings \\(JSON\\): not valid JSON"),
+        ('[{"fit": {}}]', "extra settings \\(JSON\\): expected an object .* got list"),
+        ("5000", "extra settings \\(JSON\\): expected an object .* got int"),
+        ('{"preset": "final"}', "extra settings \\(JSON\\): set the preset with the quality knob"),
+    ],
+)
+def test_engine_settings_rejects_bad_json_by_knob_name(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        _spec(engine_settings=text)
+
+
+def test_engine_settings_unknown_names_are_left_to_the_engine() -> None:
+    from rna_engine.errors import InputError
+    from rna_engine.settings import spec_from_dict
+
+    spec = _spec(engine_settings='{"fit": {"iterashuns": 5}}')
+    with pytest.raises(InputError, match="setting fit.iterashuns: unknown setting"):
+        spec_from_dict(spec)
+    spec = _spec(engine_settings='{"fit": {"iterations": "many"}}')
+    with pytest.raises(InputError, match="setting fit.iterations: expected an integer"):
+        spec_from_dict(spec)
+
+
 # -- status text -------------------------------------------------------------------------------
 
 
