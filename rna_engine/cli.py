@@ -12,13 +12,13 @@ import argparse
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .context import rna_home
 from .errors import EXIT_CANCELLED, EXIT_INPUT, EXIT_INTERNAL, Cancelled, InputError
 
 log = logging.getLogger("rna_engine")
@@ -37,11 +37,6 @@ COMMANDS: tuple[str, ...] = (
     "models",
 )
 """Subcommand modules under `rna_engine.commands` (module name = command name)."""
-
-
-def rna_home() -> Path:
-    """`$RNA_HOME`, default `~/.rna` (engine discovery file, logs, installed weights)."""
-    return Path(os.environ.get("RNA_HOME") or Path.home() / ".rna")
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,11 @@ class RunContext:
     work_dir: Path | None = None
     """Engine-private cache folder of the build (`<version>/work`); None disables caching."""
     seed: int = 0
+
+
+def rna_home() -> Path:
+    """`$RNA_HOME`, default `~/.rna`: engine discovery file, logs, installed weights."""
+    return Path(os.environ.get("RNA_HOME") or Path.home() / ".rna")
 
 
 def resolve_device(name: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .cache import atomic_path
+from .context import rna_home
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,6 @@ _RAFT_VARIANTS = {64: "large", 32: "small"}
 """Output channels of RAFT's first feature-encoder convolution → torchvision variant."""
 _HASH_CHUNK = 1 << 20
 _FALLBACK = {"raft": "DIS optical flow", "dino": "the weight-free descriptor test"}
-
-
-def rna_home() -> Path:
-    """`$RNA_HOME`, default `~/.rna` (the same rule as `rna_engine.cli.rna_home`)."""
-    return Path(os.environ.get("RNA_HOME") or Path.home() / ".rna")
 
 
 def models_dir(home: Path | None = None) -> Path:

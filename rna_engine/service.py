@@ -382,7 +382,7 @@ class Service:
     """The socket server, the job table and the single GPU worker.
 
     Args:
-        rna_home: folder of the discovery file and logs (`rna_engine.cli.rna_home()`).
+        rna_home: folder of the discovery file and logs (`rna_engine.context.rna_home()`).
         device: device jobs with `device: auto` run on (`cpu`, `cuda:0`).
         runner: `runner(spec, ctx)` runs one build; default `rna_engine.pipeline.run_build`.
         stage_weights: stage → relative cost for overall progress; default the pipeline's.

@@ -14,8 +14,8 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.cli import rna_home
     from rna_engine.commands.status import format_job
+    from rna_engine.context import rna_home
     from rna_engine.service import call_engine
 
     job = call_engine(rna_home(), "job.cancel", {"job_id": args.job})

@@ -21,14 +21,21 @@ log = logging.getLogger(__name__)
 CPU_OVERRIDES: dict[str, Any] = {
     "ingest": {"working_long_side": 160},
     "fit": {
-        "pretrain_steps": 200,
-        "iterations": 1500,
-        "batch_size": 4096,
-        "log_every": 100,
+        "pretrain_steps": 150,
+        "iterations": 600,
+        "batch_size": 2048,
+        "log_every": 50,
         "scale_with_shot": False,
-        "hash_grid": {"n_levels": 12, "log2_hashmap_size": 14, "per_level_scale": 1.3},
+        "bootstrap_fraction": 0.4,
+        "mapping_width": 128,
+        "hash_grid": {
+            "n_levels": 12,
+            "log2_hashmap_size": 14,
+            "base_resolution": 8,
+            "per_level_scale": 1.35,
+        },
     },
-    "refine": {"iterations": 300},
+    "refine": {"iterations": 200},
 }
 """A draft small enough for a 2-core CPU (the GPU runs the plain `draft` preset)."""
 

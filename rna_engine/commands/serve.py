@@ -37,7 +37,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.cli import rna_home
+    from rna_engine.context import rna_home
     from rna_engine.service import Service, setup_logging
 
     home = rna_home()

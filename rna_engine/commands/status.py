@@ -52,7 +52,7 @@ def format_job(job: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rna_engine.cache import read_json
-    from rna_engine.cli import rna_home
+    from rna_engine.context import rna_home
     from rna_engine.service import call_engine, discovery_path, live_engine
 
     out = sys.stdout
