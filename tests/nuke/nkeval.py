@@ -300,13 +300,15 @@ def stmap(
         raise EvalError(f"STMap: uv layer {uv_names} has fewer than two channels")
     u = stmap_image.plane(names[0]).ravel()
     v = stmap_image.plane(names[1]).ravel()
-    wx = _axis_weights(u * src.width, src.width, filt)
-    wy = _axis_weights(v * src.height, src.height, filt)
+    # Sum in float32, as Nuke does: a footprint grazing a painted texel (~1e-9) must round the
+    # same way here as in Nuke and `rna_engine.stmap`.
+    wx = _axis_weights(u * src.width, src.width, filt).astype(np.float32)
+    wy = _axis_weights(v * src.height, src.height, filt).astype(np.float32)
     col = np.clip(np.arange(-_PAD, src.width + _PAD), 0, src.width - 1)
     row = np.clip(np.arange(-_PAD, src.height + _PAD), 0, src.height - 1)
     out = Image(stmap_image.width, stmap_image.height)
     for name in channels:
-        padded = src.plane(name)[np.ix_(row, col)]
+        padded = src.plane(name)[np.ix_(row, col)].astype(np.float32)
         values = np.einsum("nj,ji,ni->n", wy, padded, wx, optimize=True)
         out.planes[name] = values.reshape(stmap_image.height, stmap_image.width)
     return out

@@ -205,11 +205,8 @@ def painted(built: dict[str, Any]) -> Path:
     return path
 
 
-DELTA_THRESHOLD = 1e-6
-"""Both sides use this (the knob's default is 0): at 0 the `edited` flag of a pixel whose cubic
-footprint only grazes a painted texel (delta ~1e-9) depends on float precision, and nkeval's STMap
-sums in float64 where Nuke and `rna_engine.stmap` sum in float32. The flag gates the alpha and
-mode replace, so the strict comparison runs just above float32 resolution."""
+DELTA_THRESHOLD = 0.0
+"""The knob's default: both sides flag exactly the same texels as edited."""
 
 
 def _frame_inputs(
