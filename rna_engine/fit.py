@@ -582,6 +582,10 @@ class Fitter:
         pred, cand = self._prediction_and_candidates()
         err = (pred - shot.frames).abs().mean(1)
         not_occluded = cand & (err < rs.colour_threshold)  # the set N of Eq. 9
+        # [OURS] The mirror of N: candidates the frozen atlas cannot explain at all. The
+        # reconstruction term alone pulls M down there with a gradient ∝ (S·A − I)², too weak
+        # to undo a wrong bootstrap within a short schedule.
+        occluded = cand & (err > rs.colour_threshold * rs.occluded_factor)
         del err
         opt = self._optimizer(
             list(model.mask_grid.parameters()),
@@ -615,6 +619,9 @@ class Fitter:
             rgb = ((m_p[:, None] * (predicted - colour)) ** 2).sum(1).mean()
             no = not_occluded[t, y, x].float()
             refine_term = rs.weight_refine * losses.masked_mean((1 - m_p) ** 2, no)
+            refine_term = refine_term + rs.weight_occluded * losses.masked_mean(
+                m_p**2, occluded[t, y, x].float()
+            )
             flow_term = (
                 rs.weight_flow_alpha
                 * 0.5

@@ -38,7 +38,6 @@ TINY_SETTINGS = [
     "fit.hash_grid.log2_hashmap_size=12",
     "fit.hash_grid.base_resolution=8",
     "fit.hash_grid.per_level_scale=1.5",
-    "fit.bootstrap_fraction=0.5",
     "refine.iterations=150",
 ]
 
