@@ -582,10 +582,17 @@ class Fitter:
         pred, cand = self._prediction_and_candidates()
         err = (pred - shot.frames).abs().mean(1)
         not_occluded = cand & (err < rs.colour_threshold)  # the set N of Eq. 9
-        # [OURS] The mirror of N: candidates the frozen atlas cannot explain at all. The
+        # [OURS] The mirror of N: candidates nothing explains. The
         # reconstruction term alone pulls M down there with a gradient ∝ (S·A − I)², too weak
         # to undo a wrong bootstrap within a short schedule.
-        occluded = cand & (err > rs.colour_threshold * rs.occluded_factor)
+        # Both must disagree: the atlas (error) and the correspondences (no valid match to the
+        # reference frame); real footage has atlas errors (reflections, motion blur) on pixels
+        # that are perfectly visible, and pushing those down makes M collapse.
+        occluded = (
+            cand
+            & (err > rs.colour_threshold * rs.occluded_factor)
+            & ~self.shot.corr.ref_valid.bool()
+        )
         del err
         opt = self._optimizer(
             list(model.mask_grid.parameters()),

@@ -260,8 +260,9 @@ class RefineSettings:
     """λ_a of Eq. 10."""
     weight_flow_alpha: float = 0.1
     """λ_b of Eq. 10 (adjacent mask consistency)."""
-    weight_occluded: float = 0.1
-    """[OURS] Weight of M² on candidates the atlas cannot explain (error > ε·occluded_factor)."""
+    weight_occluded: float = 0.05
+    """[OURS] Weight of M² on candidates neither the atlas (error > ε·occluded_factor) nor a
+    valid match to the reference frame explains."""
     occluded_factor: float = 2.0
     """Multiple of `colour_threshold` above which a candidate pixel counts as occluded."""
     lr_hash: float = 5e-2
