@@ -136,7 +136,10 @@ class SynthShot:
             cross_point = self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii
             velocity = direction * speed
             centre0 = cross_point - velocity * t_cross
-            colour = np.exp(rng.uniform(-2.5, 0.3, 3)).astype(np.float32)
+            # Saturated, bright or dark: foreground objects rarely share the surface's colours,
+            # and the ground truth should not hinge on telling near-identical colours apart.
+            colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
+            colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
             self._occluders.append(
                 _Occluder(
                     centre0,

@@ -28,7 +28,7 @@ from rna_engine.synth import make_shot, paint_pattern, write_shot
 TINY_SETTINGS = [
     "ingest.working_long_side=64",
     "fit.pretrain_steps=100",
-    "fit.iterations=500",
+    "fit.iterations=1000",
     "fit.batch_size=1536",
     "fit.log_every=50",
     "fit.checkpoint_every=100",
@@ -38,7 +38,7 @@ TINY_SETTINGS = [
     "fit.hash_grid.log2_hashmap_size=12",
     "fit.hash_grid.base_resolution=8",
     "fit.hash_grid.per_level_scale=1.5",
-    "refine.iterations=150",
+    "refine.iterations=400",
 ]
 
 
