@@ -96,7 +96,7 @@ def test_cache_layout_and_headers(built: dict) -> None:
     assert len(report["frames"]) == shot.n_frames and report["psnr_atlas_mean"] > 28
     assert (paths.qc_dir / "contact.png").stat().st_size > 1000
     build = json.loads(paths.build_json.read_text())
-    assert build["settings"]["fit"]["iterations"] == 500 and build["version"] == 1
+    assert build["settings"]["fit"]["iterations"] == 1000 and build["version"] == 1
 
 
 def test_reference_frame_uv_is_identity_stmap(built: dict) -> None:
@@ -179,8 +179,10 @@ def _bad_shot(tmp_path: Path, frames: int = 3) -> Path:
 def test_bad_build_inputs_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
 ) -> None:
-    shot_dir = _bad_shot(tmp_path / "shot", frames=1 if case == "single_frame" else 3)
+    shot_dir = _bad_shot(tmp_path / "shot", frames=2 if case == "single_frame" else 3)
     ref = 1001
+    if case == "single_frame":
+        (shot_dir / "plate" / "plate.1002.exr").unlink()
     if case == "empty_roi":
         io.write_exr(shot_dir / "roi.exr", {"A": np.zeros((48, 64))})
     elif case == "full_roi":
