@@ -10,8 +10,8 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
+import farm_golden
 import pytest
 
 from rna_engine.errors import InputError
@@ -24,10 +24,9 @@ from rna_engine.farm.deadline import (
     render_job_info,
     render_plugin_info,
 )
-from rna_engine.farm.job import ApplyRender, FarmJob, FrameRange, NukeRender
+from rna_engine.farm.job import FarmJob, NukeRender
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "farm"
-SHOT = Path("/shows/demo/sh010")
+GOLDEN, SHOT = farm_golden.GOLDEN, farm_golden.SHOT
 
 # Job-info keys of Deadline 10's manual-submission documentation ("Job Info File"); indexed keys
 # (EnvironmentKeyValue0, OutputDirectory0, OutputFilename0, ...) end in a number.
@@ -55,27 +54,8 @@ COMMANDLINE_PLUGIN_KEYS = {
 
 
 def golden_job(kind: str) -> FarmJob:
-    render: NukeRender | ApplyRender
-    if kind == "nuke":
-        render = NukeRender(SHOT / "comp" / "sh010_comp_v012.nk", "Write_RNA", ("nuke",), "15.1")
-    else:
-        render = ApplyRender(
-            atlas=SHOT / "paint" / "atlas_paint v2.exr",
-            plate=SHOT / "plate" / "sh010.####.exr",
-            out=SHOT / "render" / "sh010_comp.####.exr",
-        )
-    return FarmJob(
-        name="RNA sh010 v003",
-        build_name="sh010",
-        version=3,
-        job_root=SHOT,
-        spec_path=SHOT / "build.json",
-        build_dir=SHOT / "rna" / "sh010" / "v003",
-        frames=FrameRange(1001, 1095),
-        chunk=10,
-        render=render,
-        engine=("/opt/rna/bin/python", "-m", "rna_engine"),
-        environment={"NUKE_PATH": "/studio/nuke/plugins"},
+    return farm_golden.golden_job(
+        kind,
         pool="comp",
         group="nuke",
         gpu_pool="gpu",

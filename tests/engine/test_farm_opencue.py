@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from xml.etree import ElementTree
 
+import farm_golden
 import pytest
 
 from rna_engine.farm import write_bundle
-from rna_engine.farm.job import ApplyRender, FarmJob, FrameRange, NukeRender
+from rna_engine.farm.job import FarmJob, FrameRange
 
 opencue = pytest.importorskip("rna_engine.farm.opencue")
 pytest.importorskip("outline")
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "farm"
-SHOT = Path("/shows/demo/sh010")
+GOLDEN, SHOT = farm_golden.GOLDEN, farm_golden.SHOT
 
 # Content models of cjsl-1.15.dtd (OpenCue cuebot/src/main/resources/public/dtd): each element's
 # children in order, with their DTD quantifier.
@@ -39,34 +38,11 @@ DTD = {
 NMTOKEN = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
-FRAMES = FrameRange(1001, 1095)
+FRAMES = farm_golden.FRAMES
 
 
 def golden_job(kind: str, frames: FrameRange = FRAMES) -> FarmJob:
-    render: NukeRender | ApplyRender
-    if kind == "nuke":
-        render = NukeRender(SHOT / "comp" / "sh010_comp_v012.nk", "Write_RNA", ("nuke",), "15.1")
-    else:
-        render = ApplyRender(
-            atlas=SHOT / "paint" / "atlas_paint v2.exr",
-            plate=SHOT / "plate" / "sh010.####.exr",
-            out=SHOT / "render" / "sh010_comp.####.exr",
-        )
-    return FarmJob(
-        name="RNA sh010 v003",
-        build_name="sh010",
-        version=3,
-        job_root=SHOT,
-        spec_path=SHOT / "build.json",
-        build_dir=SHOT / "rna" / "sh010" / "v003",
-        frames=frames,
-        chunk=10,
-        render=render,
-        engine=("/opt/rna/bin/python", "-m", "rna_engine"),
-        environment={"NUKE_PATH": "/studio/nuke/plugins"},
-        user="artist",
-        show="demo",
-    )
+    return farm_golden.golden_job(kind, frames, user="artist", show="demo")
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import farm_golden
 import pytest
 import yaml
 
 from rna_engine.farm import make_job, write_bundle
-from rna_engine.farm.job import ApplyRender, FarmJob, FrameRange, NukeRender
+from rna_engine.farm.job import FarmJob
 
 openjd_model = pytest.importorskip("openjd.model")
 
@@ -141,33 +142,12 @@ def openjd_run(bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 # -- the template -------------------------------------------------------------------------------
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "farm"
-SHOT = Path("/shows/demo/sh010")
+GOLDEN, SHOT = farm_golden.GOLDEN, farm_golden.SHOT
 
 
 def golden_job(kind: str) -> FarmJob:
-    render: NukeRender | ApplyRender
-    if kind == "nuke":
-        render = NukeRender(SHOT / "comp" / "sh010_comp_v012.nk", "Write_RNA", ("nuke",), "15.1")
-    else:
-        render = ApplyRender(
-            atlas=SHOT / "paint" / "atlas_paint v2.exr",
-            plate=SHOT / "plate" / "sh010.####.exr",
-            out=SHOT / "render" / "sh010_comp.####.exr",
-        )
-    return FarmJob(
-        name="RNA sh010 v003",
-        build_name="sh010",
-        version=3,
-        job_root=SHOT,
-        spec_path=SHOT / "build.json",
-        build_dir=SHOT / "rna" / "sh010" / "v003",
-        frames=FrameRange(1001, 1095),
-        chunk=10,
-        render=render,
-        engine=("/opt/rna/bin/python", "-m", "rna_engine"),
-        environment={"NUKE_PATH": "/studio/nuke/plugins"} if kind == "nuke" else {},
-    )
+    environment = {"NUKE_PATH": "/studio/nuke/plugins"} if kind == "nuke" else {}
+    return farm_golden.golden_job(kind, environment=environment)
 
 
 def assert_golden(case: str, name: str, text: str) -> None:
