@@ -398,63 +398,79 @@ def paint_pattern(width: int, height: int, roi: np.ndarray | None = None) -> np.
     return np.concatenate([rgb, alpha[..., None]], -1).astype(np.float32)
 
 
+def _write_frame(
+    shot: SynthShot, out: Path, i: int, edit: np.ndarray | None, truth: bool, srgb: bool
+) -> None:
+    """Write every file of frame index `i` (a unit of work for `write_shot`'s workers)."""
+    from .io import write_exr, write_png, write_rgba_exr
+
+    number = shot.frame_numbers[i]
+    f = shot.frame(i)
+    write_rgba_exr(
+        out / "plate" / f"plate.{number:04d}.exr",
+        f["plate"],
+        attributes={"rna/synth_seed": shot.params.seed},
+    )
+    if srgb:
+        write_png(
+            out / "plate_srgb" / f"plate.{number:04d}.png",
+            linear_to_srgb(np.clip(f["plate"], 0, 1)),
+        )
+    if truth:
+        names = ("ref.x", "ref.y", "occlusion.a", "roi.a", "illum.R", "illum.G", "illum.B")
+        planes = (
+            f["true_ref_xy"][..., 0],
+            f["true_ref_xy"][..., 1],
+            f["occlusion"],
+            f["roi_tracked"],
+            *(f["illumination"][..., c] for c in range(3)),
+        )
+        write_exr(
+            out / "truth" / f"truth.{number:04d}.exr",
+            dict(zip(names, planes, strict=True)),
+            pixel_types=dict.fromkeys(names, "float"),
+        )
+    if edit is not None:
+        write_rgba_exr(
+            out / "edited" / f"edited.{number:04d}.exr",
+            shot.render_edit(edit, i),
+            pixel_type="float",
+        )
+
+
 def write_shot(
     shot: SynthShot,
     out: Path,
     edit: np.ndarray | None = None,
     truth: bool = True,
     srgb: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Write plate, ROI and ground truth under `out`; returns the manifest (`shot.json`).
 
     Layout: `plate/plate.####.exr` (scene-linear RGB half), `plate_srgb/plate.####.png`,
     `roi.exr` (channel A, reference frame), `truth/truth.####.exr` (ref.x/ref.y float, occlusion.a,
     illum.R/G/B, roi.a), `truth/texture.exr`, and `edited/edited.####.exr` when `edit` is given.
+    `workers` > 1 renders frames in that many processes (large presets).
     """
     from .io import write_exr, write_png, write_rgba_exr
 
     out = Path(out)
+    indices = range(shot.n_frames)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(
+                pool.map(
+                    _write_frame,
+                    *zip(*[(shot, out, i, edit, truth, srgb) for i in indices], strict=True),
+                )
+            )
+    else:
+        for i in indices:
+            _write_frame(shot, out, i, edit, truth, srgb)
     p = shot.params
-    for i, number in enumerate(shot.frame_numbers):
-        f = shot.frame(i)
-        write_rgba_exr(
-            out / "plate" / f"plate.{number:04d}.exr",
-            f["plate"],
-            attributes={"rna/synth_seed": p.seed},
-        )
-        if srgb:
-            write_png(
-                out / "plate_srgb" / f"plate.{number:04d}.png",
-                linear_to_srgb(np.clip(f["plate"], 0, 1)),
-            )
-        if truth:
-            write_exr(
-                out / "truth" / f"truth.{number:04d}.exr",
-                {
-                    "ref.x": f["true_ref_xy"][..., 0],
-                    "ref.y": f["true_ref_xy"][..., 1],
-                    "occlusion.a": f["occlusion"],
-                    "roi.a": f["roi_tracked"],
-                    "illum.R": f["illumination"][..., 0],
-                    "illum.G": f["illumination"][..., 1],
-                    "illum.B": f["illumination"][..., 2],
-                },
-                pixel_types={
-                    "ref.x": "float",
-                    "ref.y": "float",
-                    "occlusion.a": "float",
-                    "roi.a": "float",
-                    "illum.R": "float",
-                    "illum.G": "float",
-                    "illum.B": "float",
-                },
-            )
-        if edit is not None:
-            write_rgba_exr(
-                out / "edited" / f"edited.{number:04d}.exr",
-                shot.render_edit(edit, i),
-                pixel_type="float",
-            )
     write_exr(out / "roi.exr", {"A": shot.roi}, attributes={"rna/frame": shot.reference_frame})
     write_png(out / "roi.png", shot.roi)
     if truth:
