@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,9 @@ from rna_engine.appearance import sample_px  # noqa: E402
 from rna_engine.context import RunContext, resolve_device  # noqa: E402
 from rna_engine.flow import Correspondences, compute_correspondences  # noqa: E402
 from rna_engine.settings import FlowSettings, from_dict  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from meta import commit  # noqa: E402
 
 
 def _run(
@@ -176,19 +178,6 @@ def clip(folder: Path, args: argparse.Namespace, settings: FlowSettings) -> dict
     }
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _table(syn: dict[str, Any] | None, clips: list[dict[str, Any]]) -> str:
     lines = ["| measure | value | target |", "|---|---|---|"]
     if syn:
@@ -264,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = {
             "benchmark": "flow",
-            "commit": _commit(),
+            "commit": commit(),
             "device": args.device,
             "device_name": device_name,
             "torch": torch.__version__,

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,20 +35,10 @@ from rna_engine.settings import spec_from_dict  # noqa: E402
 from rna_engine.stmap import sample_stmap  # noqa: E402
 from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from meta import commit  # noqa: E402
+
 SUITES = {"small": ["small"], "bench": ["bench"], "hd": ["hd"], "all": ["bench", "hd"]}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _psnr(err: float) -> float:
@@ -274,7 +263,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     meta = {
         "device": _device_name(args.device if args.device != "auto" else "cuda:0"),
-        "commit": _commit(),
+        "commit": commit(),
         "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
     }
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -98,17 +98,14 @@ def _matte_path(spec: BuildSpec, pattern: str, frame: int) -> Path:
 
 
 def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
-    """Read and validate the plate, ROI and holdout; encode the plate at working resolution."""
+    """Read the plate, ROI and holdout and encode the plate at working resolution.
+
+    Expects `validate_inputs(spec)` to have passed (`run_build` calls it through `prepare`):
+    frame count, reference frame and matte sizes are not checked again here.
+    """
     settings = spec.settings.ingest
     frames = io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
     numbers = sorted(frames)
-    if len(numbers) < 2:
-        raise InputError(f"{spec.plate}: a build needs at least 2 frames (found {len(numbers)})")
-    if spec.reference_frame not in frames:
-        raise InputError(
-            f"reference frame {spec.reference_frame}: outside the plate's frames "
-            f"{io.format_frame_range(numbers)}"
-        )
     first, first_image = _plate_rgb(frames[numbers[0]])
     height, width = first.shape[:2]
     kind = settings.colour
