@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create or refresh .venv first.
 # CI pins a local CPU torch with TORCH_SPEC=torch==2.13.0; users get the normal (CUDA) build.
+# TORCH_SPEC is repeated with the extras so torchvision resolves to the build matching torch.
 comma := ,
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -14,6 +14,10 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from torchvision_env import ensure_torchvision  # noqa: E402
+
+ensure_torchvision()  # before collection: `models.torchvision_available()` then sees it
+
 
 @pytest.fixture
 def fake_nuke(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
