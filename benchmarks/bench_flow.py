@@ -8,6 +8,13 @@ Synthetic shot (`synth.make_shot("bench")`, 768×432×70, exact ground truth), f
   frame — a correct correspondence of the occluder, outside the ROI);
 - keep rate of truly visible pixels: visible in t and at their true reference position, inside
   the frame (target ≥ 90 %);
+- the same three measures in the optical-flow sense ("scene flow"): whatever is seen at a pixel
+  — the surface, or an occluder, which translates rigidly — is followed to its true position in
+  the reference frame; it is occluded when something else (or nothing: out of frame) is seen
+  there. A correctly tracked occluder is a visible match in this sense, and a rejection in the
+  surface sense above: no flow can tell that the occluder is not the surface;
+- the share of hidden ROI pixels (surface occluded at t, true reference position in the ROI)
+  that the bootstrap mask marks as ROI — what matters to the fit;
 - wall time of the whole stage on the device.
 
 Real clips (`../shared/data/clips/*`: frames/*.jpg, masks/*.png = the annotated moving
@@ -74,6 +81,8 @@ def synthetic(args: argparse.Namespace, settings: FlowSettings) -> dict[str, Any
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     occ_ref = torch.from_numpy(shot.occlusion[r])[None, None]
     epe_valid, epe_visible, strict, handled, kept, boot_iou = [], [], [], [], [], []
+    scene_epe, scene_rejected, scene_kept, boot_hidden = [], [], [], []
+    layer_ref = shot.visible_layer(r)
     for t in range(n):
         if t == r or abs(t - r) > args.max_distance:
             continue
@@ -101,6 +110,13 @@ def synthetic(args: argparse.Namespace, settings: FlowSettings) -> dict[str, Any
         boot = c.bootstrap[t].numpy() > 0.5
         matte = shot.true_matte[t] > 0.5
         boot_iou.append((boot & matte).sum() / max(1, (boot | matte).sum()))
+        # Flow-sense ground truth: follow whatever is seen at p (surface or occluder) to r.
+        dest, seen = _scene_destination(shot, t, r, true, xs, ys)
+        scene_visible = _seen_at(layer_ref, dest) == seen
+        scene_epe.append(np.hypot(*(np.stack([xs, ys]) + flow - dest.transpose(2, 0, 1)))[valid])
+        scene_rejected.append(~valid[~scene_visible])
+        scene_kept.append(valid[scene_visible])
+        boot_hidden.append(boot[occluded & (shot.roi_at(true) > 0.5)])
     cat = np.concatenate
     return {
         "shot": f"synth {args.synth_preset} seed {args.seed}",
@@ -116,10 +132,39 @@ def synthetic(args: argparse.Namespace, settings: FlowSettings) -> dict[str, Any
         "occluded_handled": float(cat(handled).mean()),
         "occluded_pixels": int(cat(strict).size),
         "visible_kept": float(cat(kept).mean()),
+        "scene_median_epe_valid_px": float(np.median(cat(scene_epe))),
+        "scene_occluded_rejected": float(cat(scene_rejected).mean()),
+        "scene_occluded_pixels": int(cat(scene_rejected).size),
+        "scene_visible_kept": float(cat(scene_kept).mean()),
+        "hidden_roi_in_bootstrap": float(cat(boot_hidden).mean()),
         "bootstrap_iou_mean": float(np.mean(boot_iou)),
         "wall_s": wall_s,
         "make_shot_s": make_s,
     }
+
+
+def _scene_destination(
+    shot: Any, t: int, r: int, surface_ref_xy: np.ndarray, xs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the thing seen at each pixel of t is in r, (H, W, 2), and what it is (H, W):
+    −1 the surface (at its true reference position), k occluder k (it translates rigidly)."""
+    seen = shot.visible_layer(t)
+    dest = surface_ref_xy.copy()
+    for k in np.unique(seen[seen >= 0]):
+        on = seen == k
+        shift = shot.occluder_velocity(int(k)) * (r - t)
+        dest[on] = np.stack([xs[on] + shift[0], ys[on] + shift[1]], -1)
+    return dest, seen
+
+
+def _seen_at(layer: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """`layer` at positions xy (nearest); −2 outside the frame (nothing there is visible)."""
+    h, w = layer.shape
+    xi, yi = np.rint(xy[..., 0]).astype(int), np.rint(xy[..., 1]).astype(int)
+    ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    out = np.full(xy.shape[:-1], -2, np.int8)
+    out[ok] = layer[yi[ok], xi[ok]]
+    return out
 
 
 def _read_clip(folder: Path, long_side: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +239,15 @@ def _table(syn: dict[str, Any] | None, clips: list[dict[str, Any]]) -> str:
             f"| occluded pixels rejected or matched to the occluder in ref | "
             f"{syn['occluded_handled'] * 100:.1f} % | |",
             f"| truly visible pixels kept | {syn['visible_kept'] * 100:.1f} % | ≥ 90 % |",
+            f"| scene flow (surface or occluder followed to r): median EPE, valid pixels | "
+            f"{syn['scene_median_epe_valid_px']:.3f} px | ≤ 0.5 px |",
+            f"| scene flow: pixels not visible at their destination in r, rejected | "
+            f"{syn['scene_occluded_rejected'] * 100:.1f} % of {syn['scene_occluded_pixels']} "
+            "| ≥ 95 % |",
+            f"| scene flow: pixels visible at their destination, kept | "
+            f"{syn['scene_visible_kept'] * 100:.1f} % | ≥ 90 % |",
+            f"| hidden ROI pixels (surface occluded at t) in the bootstrap mask | "
+            f"{syn['hidden_roi_in_bootstrap'] * 100:.2f} % | |",
             f"| bootstrap IoU with the true matte (mean) | {syn['bootstrap_iou_mean']:.3f} | |",
             f"| wall time, {syn['frames']} frames {syn['width']}×{syn['height']} | "
             f"{syn['wall_s']:.1f} s | |",

@@ -27,8 +27,9 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -183,6 +184,18 @@ class FlowBackend(Protocol):
         """Flows frames[a] → frames[b] for each (a, b): (P, 2, H, W) float32 on the device."""
 
 
+def stream_flows(
+    backend: FlowBackend, batches: Iterable[Sequence[tuple[int, int]]]
+) -> Iterator[Tensor]:
+    """The flows of each batch in order; a backend with a `stream` method computes ahead."""
+    stream = getattr(backend, "stream", None)
+    if stream is not None:
+        yield from stream(batches)
+        return
+    for pairs in batches:
+        yield backend(pairs)
+
+
 def _dis_factory(settings: FlowSettings) -> Callable[[], Any]:
     def make() -> Any:
         import cv2
@@ -203,23 +216,44 @@ def _dis_factory(settings: FlowSettings) -> Callable[[], Any]:
 class DisFlow:
     """OpenCV DIS on 8-bit luma, pairs spread over a thread pool (cv2 releases the GIL).
 
+    `stream` keeps the pool busy across batches: it submits pairs up to `lookahead` flows ahead
+    of the batch being consumed, so the CPU computes flows while the device filters and chains
+    earlier ones. While it is open, OpenCV's own thread pool is limited to one thread: one DIS
+    per worker thread scales better than DIS's internal parallel loops, which oversubscribe the
+    cores when several run at once.
+
     Args:
         frames: (N, 3, H, W) float32 0..1, any device.
         settings: DIS parameters.
         device: where the flows go.
         workers: threads; each owns one DIS instance.
+        lookahead: flows computed ahead of the consumer (bounds host memory); default 4 × workers.
     """
 
     name = "dis"
 
-    def __init__(self, frames: Tensor, settings: FlowSettings, device: str, workers: int) -> None:
+    def __init__(
+        self,
+        frames: Tensor,
+        settings: FlowSettings,
+        device: str,
+        workers: int,
+        lookahead: int | None = None,
+    ) -> None:
+        import cv2
+
         luma = torch.tensor(_LUMA, device=frames.device).view(1, 3, 1, 1)
         gray = (frames * luma).sum(1).clamp(0, 1) * 255 + 0.5
         self._gray = gray.to(torch.uint8).cpu().numpy()
         self._make = _dis_factory(settings)
         self._local = threading.local()
         self._device = device
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self._workers = max(1, workers)
+        self._lookahead = max(1, lookahead if lookahead is not None else 4 * self._workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers)
+        self._cv_threads = cv2.getNumThreads()
+        if self._workers > 1:
+            cv2.setNumThreads(1)
 
     def _one(self, pair: tuple[int, int]) -> np.ndarray:
         dis = getattr(self._local, "dis", None)
@@ -228,13 +262,46 @@ class DisFlow:
         a, b = pair
         return dis.calc(self._gray[a], self._gray[b], None)
 
-    def __call__(self, pairs: Sequence[tuple[int, int]]) -> Tensor:
-        flows = list(self._pool.map(self._one, pairs))
+    def _tensor(self, flows: list[np.ndarray]) -> Tensor:
         out = torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2)
         return out.to(self._device, dtype=torch.float32).contiguous()
 
+    def __call__(self, pairs: Sequence[tuple[int, int]]) -> Tensor:
+        return self._tensor(list(self._pool.map(self._one, pairs)))
+
+    def stream(self, batches: Iterable[Sequence[tuple[int, int]]]) -> Iterator[Tensor]:
+        """The flows of each batch in order, computed up to `lookahead` flows ahead."""
+        pending: deque[list[Future[np.ndarray]]] = deque()
+        source = iter(batches)
+        queued = 0
+
+        def fill() -> None:
+            nonlocal queued
+            while queued < self._lookahead:
+                pairs = next(source, None)
+                if pairs is None:
+                    return
+                pending.append([self._pool.submit(self._one, pair) for pair in pairs])
+                queued += len(pairs)
+
+        try:
+            fill()
+            while pending:
+                futures = pending.popleft()
+                flows = [f.result() for f in futures]
+                queued -= len(futures)
+                fill()
+                yield self._tensor(flows)
+        finally:  # the consumer stopped early (cancel, error): drop what has not started
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
+
     def close(self) -> None:
-        self._pool.shutdown()
+        import cv2
+
+        self._pool.shutdown(cancel_futures=True)
+        cv2.setNumThreads(self._cv_threads)
 
 
 class RaftFlow:
@@ -395,9 +462,9 @@ class _Aggregator:
         self.flows_total = max(1, _count_flows(self.n, self.r, settings.max_hops))
         self.flows_done = 0
 
-    def _flows(self, pairs: list[tuple[int, int]]) -> Tensor:
-        out = self.backend(pairs)
-        self.flows_done += len(pairs)
+    def _next(self, flows: Iterator[Tensor], count: int) -> Tensor:
+        out = next(flows)
+        self.flows_done += count
         return out
 
     def _report(self, message: str) -> None:
@@ -413,6 +480,33 @@ class _Aggregator:
         """Cycle error and appearance similarity of flows a→b: (B, H, W) each."""
         return cycle_error(f_ab, f_ba), self._similarity(a, b, f_ab)
 
+    def _adjacent_chunks(self) -> list[list[int]]:
+        step = max(1, self.s.batch_pairs)
+        return [list(range(a, min(a + step, self.n - 1))) for a in range(0, self.n - 1, step)]
+
+    def _order(self) -> list[int]:
+        """Frames outward from r: every frame's chain partners m are done before it."""
+        return [*range(self.r + 1, self.n), *range(self.r - 1, -1, -1)]
+
+    def _chain(self, t: int) -> tuple[list[int], list[int], bool]:
+        """Intermediate frames m (one hop first), frames needing a new flow t↔m, direct flow."""
+        distance = abs(t - self.r)
+        toward = 1 if t < self.r else -1
+        mids = [t + toward * k for k in range(1, min(self.s.max_hops, distance) + 1)]
+        direct = distance > self.s.max_hops
+        # The one-hop chain is the stored adjacent flow; the direct flow is one more target.
+        return mids, mids[1:] + ([self.r] if direct else []), direct
+
+    def _batches(self) -> Iterator[list[tuple[int, int]]]:
+        """Every pair the stage needs, in the order `run` consumes them (nothing twice)."""
+        for ts in self._adjacent_chunks():
+            up = [t + 1 for t in ts]
+            yield [*zip(ts, up, strict=True), *zip(up, ts, strict=True)]
+        for t in self._order():
+            targets = self._chain(t)[1]
+            if targets:
+                yield [(t, m) for m in targets] + [(m, t) for m in targets]
+
     def run(self) -> Correspondences:
         n, r, s = self.n, self.r, self.s
         _, _, height, width = self.frames.shape
@@ -425,54 +519,58 @@ class _Aggregator:
         fwd_hop = torch.zeros_like(fwd_valid)
         bwd_hop = torch.zeros_like(fwd_valid)
         self._report(f"adjacent flows 0/{n - 1}")
-        step = max(1, s.batch_pairs)
-        for start in range(0, n - 1, step):
-            ts = list(range(start, min(start + step, n - 1)))
-            up = [t + 1 for t in ts]
-            flows = self._flows([*zip(ts, up, strict=True), *zip(up, ts, strict=True)])
-            f_ab, f_ba = flows[: len(ts)], flows[len(ts) :]
-            err_ab, sim_ab = self._hop_checks(ts, up, f_ab, f_ba)
-            err_ba, sim_ba = self._hop_checks(up, ts, f_ba, f_ab)
-            fwd[ts], bwd[up] = f_ab, f_ba
-            fwd_valid[ts] = (err_ab < s.adjacent_cycle_px) & (sim_ab > s.appearance_threshold)
-            bwd_valid[up] = (err_ba < s.adjacent_cycle_px) & (sim_ba > s.appearance_threshold)
-            fwd_hop[ts] = (err_ab < s.reference_cycle_px) & (sim_ab > s.appearance_threshold)
-            bwd_hop[up] = (err_ba < s.reference_cycle_px) & (sim_ba > s.appearance_threshold)
-            self._report(f"adjacent flows {up[-1]}/{n - 1}")
+        flows = stream_flows(self.backend, self._batches())
+        try:
+            for ts in self._adjacent_chunks():
+                up = [t + 1 for t in ts]
+                pair_flows = self._next(flows, 2 * len(ts))
+                f_ab, f_ba = pair_flows[: len(ts)], pair_flows[len(ts) :]
+                err_ab, sim_ab = self._hop_checks(ts, up, f_ab, f_ba)
+                err_ba, sim_ba = self._hop_checks(up, ts, f_ba, f_ab)
+                fwd[ts], bwd[up] = f_ab, f_ba
+                look_ab, look_ba = sim_ab > s.appearance_threshold, sim_ba > s.appearance_threshold
+                fwd_valid[ts] = (err_ab < s.adjacent_cycle_px) & look_ab
+                bwd_valid[up] = (err_ba < s.adjacent_cycle_px) & look_ba
+                fwd_hop[ts] = (err_ab < s.reference_cycle_px) & look_ab
+                bwd_hop[up] = (err_ba < s.reference_cycle_px) & look_ba
+                self._report(f"adjacent flows {up[-1]}/{n - 1}")
 
-        ref = torch.zeros_like(fwd)
-        ref_valid = torch.zeros_like(fwd_valid)
-        ref_valid[r] = True
-        bootstrap = torch.zeros(n, height, width, device=device)
-        bootstrap[r] = self.roi_ref
-        order = [*range(r + 1, n), *range(r - 1, -1, -1)]
-        for done, t in enumerate(order, start=1):
-            toward = 1 if t < r else -1
-            adjacent = (fwd[t], fwd_hop[t]) if toward > 0 else (bwd[t], bwd_hop[t])
-            ref[t], ref_valid[t] = self._aggregate(t, toward, adjacent, ref, ref_valid)
-            bootstrap[t] = (
-                pull_back_mask(self.roi_ref, ref[t : t + 1], s.bootstrap_sampling)[0] & ref_valid[t]
-            ).float()
-            self._report(f"frame {done + 1}/{n}")
+            ref = torch.zeros_like(fwd)
+            ref_valid = torch.zeros_like(fwd_valid)
+            ref_valid[r] = True
+            bootstrap = torch.zeros(n, height, width, device=device)
+            bootstrap[r] = self.roi_ref
+            for done, t in enumerate(self._order(), start=1):
+                adjacent = (fwd[t], fwd_hop[t]) if t < r else (bwd[t], bwd_hop[t])
+                targets = self._chain(t)[1]
+                hops = self._next(flows, 2 * len(targets)) if targets else None
+                ref[t], ref_valid[t] = self._aggregate(t, adjacent, hops, ref, ref_valid)
+                pulled = pull_back_mask(self.roi_ref, ref[t : t + 1], s.bootstrap_sampling)[0]
+                bootstrap[t] = (pulled & ref_valid[t]).float()
+                self._report(f"frame {done + 1}/{n}")
+        finally:
+            flows.close()
         self.ctx.reporter.update(STAGE, 1.0, f"frame {n}/{n}")
         return Correspondences(fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap)
 
     def _aggregate(
-        self, t: int, toward: int, adjacent: tuple[Tensor, Tensor], ref: Tensor, ref_valid: Tensor
+        self,
+        t: int,
+        adjacent: tuple[Tensor, Tensor],
+        hops: Tensor | None,
+        ref: Tensor,
+        ref_valid: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Flow t→r: true mean of the valid chains t→m→r and the direct flow (ALGORITHM.md §3.4)."""
+        """Flow t→r: true mean of the valid chains t→m→r and the direct flow (ALGORITHM.md §3.4).
+
+        `hops` holds the flows t→m then m→t for the targets of `_chain(t)`, None if it has none.
+        """
         s, r = self.s, self.r
-        distance = abs(t - r)
-        hops = min(s.max_hops, distance)
-        mids = [t + toward * k for k in range(1, hops + 1)]
-        far = mids[1:]  # the one-hop chain is the stored adjacent flow
-        direct = distance > s.max_hops
-        targets = far + ([r] if direct else [])
+        mids, targets, direct = self._chain(t)
         flows_t = [adjacent[0].unsqueeze(0)]
         ok_t = [adjacent[1].unsqueeze(0)]
-        if targets:
-            flows = self._flows([(t, m) for m in targets] + [(m, t) for m in targets])
-            f_tm, f_mt = flows[: len(targets)], flows[len(targets) :]
+        if hops is not None:
+            f_tm, f_mt = hops[: len(targets)], hops[len(targets) :]
             err, sim = self._hop_checks([t] * len(targets), targets, f_tm, f_mt)
             thresholds = torch.full((len(targets), 1, 1), s.appearance_threshold, device=err.device)
             if direct:

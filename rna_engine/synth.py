@@ -216,11 +216,11 @@ class SynthShot:
         local = (1.0 + p.spot * spot) / (1.0 + p.spot * spot_ref)
         return (gain * local[..., None]).astype(np.float32)
 
-    def _occlusion(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _occluder_layers(self, t: int) -> list[tuple[_Occluder, np.ndarray, np.ndarray]]:
+        """Per occluder, in drawing order (later over earlier): itself, alpha and colour."""
         p = self.params
         ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
-        alpha = np.zeros((p.height, p.width), np.float32)
-        colour = np.zeros((p.height, p.width, 3), np.float32)
+        layers = []
         for occ in self._occluders:
             c = occ.centre0 + occ.velocity * t
             dx, dy = xs - c[0], ys - c[1]
@@ -231,10 +231,29 @@ class SynthShot:
             dist = (1.0 - rho) * np.sqrt((occ.radii[0] ** 2 + occ.radii[1] ** 2) / 2)
             a = np.clip(dist / p.edge_px + 0.5, 0.0, 1.0).astype(np.float32)
             stripes = 0.75 + 0.25 * np.sin(2 * math.pi * occ.stripes * (ca * dx + sa * dy))
-            col = occ.colour[None, None, :] * stripes[..., None]
+            layers.append((occ, a, occ.colour[None, None, :] * stripes[..., None]))
+        return layers
+
+    def _occlusion(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        alpha = np.zeros((p.height, p.width), np.float32)
+        colour = np.zeros((p.height, p.width, 3), np.float32)
+        for _, a, col in self._occluder_layers(t):
             colour = colour * (1 - a[..., None]) + col * a[..., None]  # premultiplied "over"
             alpha = alpha + a * (1 - alpha)
         return alpha, colour
+
+    def visible_layer(self, t: int) -> np.ndarray:
+        """(H, W) int8: the occluder seen at each pixel of frame t (the topmost with alpha > 0.5),
+        −1 where the surface is seen. Occluders translate rigidly: see `occluder_velocity`."""
+        layer = np.full((self.params.height, self.params.width), -1, np.int8)
+        for k, (_, a, _) in enumerate(self._occluder_layers(t)):
+            layer[a > 0.5] = k
+        return layer
+
+    def occluder_velocity(self, k: int) -> np.ndarray:
+        """(dx, dy) pixels per frame of occluder k (its texture moves with it)."""
+        return self._occluders[k].velocity.astype(np.float32)
 
     def roi_at(self, ref_xy: np.ndarray) -> np.ndarray:
         """ROI membership (0..1, antialiased over one pixel) at reference-frame positions."""
