@@ -223,6 +223,25 @@ def clip(folder: Path, args: argparse.Namespace, settings: FlowSettings) -> dict
     }
 
 
+def _install_random_raft(size: str) -> None:
+    """A randomly initialised torchvision RAFT installed as `raft` in a temporary RNA_HOME."""
+    import os
+    import tempfile
+
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    from rna_engine import models
+
+    home = Path(tempfile.mkdtemp(prefix="rna_home_"))
+    os.environ["RNA_HOME"] = str(home)
+    torch.manual_seed(0)
+    model = (raft_small if size == "small" else raft_large)(weights=None)
+    path = home / f"raft_{size}_random.pth"
+    torch.save(model.state_dict(), path)
+    record = models.install("raft", path)
+    print(f"RAFT {record.variant}, random weights (timing only) in {home}", file=sys.stderr)
+
+
 def _table(syn: dict[str, Any] | None, clips: list[dict[str, Any]]) -> str:
     lines = ["| measure | value | target |", "|---|---|---|"]
     if syn:
@@ -290,9 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-synth", action="store_true")
     parser.add_argument("--skip-clips", action="store_true")
     parser.add_argument("--settings", default="{}", help="JSON overrides of FlowSettings")
+    parser.add_argument(
+        "--raft-random",
+        choices=("small", "large"),
+        help="time the RAFT backend with a randomly initialised torchvision RAFT of this size, "
+        "installed into a temporary RNA_HOME (no weights can be fetched here): wall time only, "
+        "its flows are meaningless",
+    )
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
-    settings = from_dict(FlowSettings, json.loads(args.settings), "flow.")
+    overrides = json.loads(args.settings)
+    if args.raft_random:
+        _install_random_raft(args.raft_random)
+        overrides["backend"] = "raft"
+    settings = from_dict(FlowSettings, overrides, "flow.")
     syn = None if args.skip_synth else synthetic(args, settings)
     clips = []
     if not args.skip_clips and args.clips.is_dir():

@@ -1,9 +1,11 @@
 """Benchmark suite: full builds on synthetic ground-truth shots and the real clips.
 
-    python benchmarks/run.py --suite small|bench|hd --device cuda:0 --out results/
+    python benchmarks/run.py --suite small|bench|hd|uhd --device cuda:0 --out results/
     python benchmarks/run.py --clips ../shared/data/clips --clip blackswan --device cuda:0
 
-Per case: per-stage wall time, peak GPU memory, fit steps/s; quality: ROI PSNR over all frames
+Per case: per-stage wall time, peak GPU memory (the allocator's peak allocated and reserved
+bytes, and the device's own peak used memory sampled every 50 ms, CUDA context included), fit
+steps/s; quality: ROI PSNR over all frames
 (the QC definitions in `rna_engine/qc.py`), edit PSNR against the exact expected render and
 paint leaking onto occluders (synthetic), mask IoU against ground truth or the annotation.
 Writes `<out>/bench.json` and prints a Markdown table for BENCHMARKS.md. Not collected by pytest.
@@ -12,10 +14,12 @@ Writes `<out>/bench.json` and prints a Markdown table for BENCHMARKS.md. Not col
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,13 @@ from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from meta import commit  # noqa: E402
 
-SUITES = {"small": ["small"], "bench": ["bench"], "hd": ["hd"], "all": ["bench", "hd"]}
+SUITES = {
+    "small": ["small"],
+    "bench": ["bench"],
+    "hd": ["hd"],
+    "uhd": ["uhd"],
+    "all": ["bench", "hd"],
+}
 
 
 def _psnr(err: float) -> float:
@@ -53,18 +63,71 @@ def _device_name(device: str) -> str:
     return "cpu"
 
 
-def _summary(paths: Any, wall_s: float) -> dict[str, Any]:
+class DeviceMemory:
+    """Peak used memory of a CUDA device (total − free, every process and context included),
+    sampled in a background thread while the `with` block runs; None off CUDA."""
+
+    def __init__(self, device: str, every_s: float = 0.05) -> None:
+        self.device = device
+        self.every_s = every_s
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import torch
+
+        while True:
+            free, total = torch.cuda.mem_get_info(torch.device(self.device))
+            self.peak_mib = max(self.peak_mib or 0.0, (total - free) / 2**20)
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> DeviceMemory:
+        import torch
+
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _build(spec: Any, device: str) -> tuple[Any, dict[str, Any]]:
+    """Run one build; its paths and the summary of its status and QC report."""
+    t0 = time.perf_counter()
+    with DeviceMemory(device if device != "auto" else "cuda:0") as memory:
+        paths = run_build(spec, RunContext(seed=0))
+    wall_s = time.perf_counter() - t0
     status = json.loads(paths.status_json.read_text())
     report = json.loads((paths.qc_dir / "report.json").read_text())
-    return {
+    return paths, {
         "wall_s": round(wall_s, 2),
         "stages_s": status["timings"],
         "fit_s": report["fit_timings_s"],
         "steps_per_s": report["steps_per_s"],
         "peak_gpu_mib": report["peak_gpu_memory_mib"],
+        "peak_gpu_reserved_mib": report.get("peak_gpu_reserved_mib"),
+        "peak_device_mib": memory.peak_mib,
         "psnr_roi": report["psnr_roi_mean"],
         "psnr_atlas": report["psnr_atlas_mean"],
     }
+
+
+def _write_shot_once(shot: Any, shot_dir: Path) -> float:
+    """Write the synthetic shot unless the same one is already there; seconds spent."""
+    manifest = shot_dir / "shot.json"
+    if manifest.exists():
+        params = json.loads(manifest.read_text()).get("params")
+        if params == json.loads(json.dumps(dataclasses.asdict(shot.params))):
+            return 0.0
+    t0 = time.perf_counter()
+    write_shot(shot, shot_dir, truth=False, srgb=False, workers=os.cpu_count() or 1)
+    return time.perf_counter() - t0
 
 
 def run_synthetic(
@@ -78,9 +141,7 @@ def run_synthetic(
     shot = make_shot(preset, seed=0)
     p = shot.params
     shot_dir = out / f"shot_{preset}"
-    t0 = time.perf_counter()
-    write_shot(shot, shot_dir, truth=False, srgb=False, workers=os.cpu_count() or 1)
-    synth_s = time.perf_counter() - t0
+    synth_s = _write_shot_once(shot, shot_dir)
     spec = spec_from_dict(
         {
             "plate": str(shot_dir / "plate" / "plate.####.exr"),
@@ -92,9 +153,7 @@ def run_synthetic(
             "settings": {"preset": quality, **overrides},
         }
     )
-    t1 = time.perf_counter()
-    paths = run_build(spec, RunContext(seed=0))
-    result = _summary(paths, time.perf_counter() - t1)
+    paths, result = _build(spec, device)
     result.update(
         {
             "case": f"synthetic {preset} {p.width}x{p.height}x{p.frames}",
@@ -189,9 +248,7 @@ def run_clip(
             "settings": {"preset": quality, **overrides},
         }
     )
-    t1 = time.perf_counter()
-    paths = run_build(spec, RunContext(seed=0))
-    result = _summary(paths, time.perf_counter() - t1)
+    paths, result = _build(spec, device)
     result.update({"case": f"{name} {w}x{h}x{len(frames)}", "preset": quality})
     # Inside the tracked ROI (the reference ROI carried by the UVs), the occluded set (M < 0.5)
     # against the annotated object.
@@ -209,12 +266,17 @@ def run_clip(
     return result
 
 
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']} · commit {meta['commit']} · `{meta['command']}`",
         "",
         "| case | preset | build s | ingest | corr | fit | refine | bake | qc | fit steps/s "
-        "| peak GPU MiB | ROI PSNR | atlas PSNR | edit PSNR | leak % | mask IoU |",
+        "| peak GPU MiB alloc / reserved / device | ROI PSNR | atlas PSNR | edit PSNR | leak % "
+        "| mask IoU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -226,7 +288,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 for k in ("ingest", "correspondences", "fit", "refine", "bake", "qc")
             )
             + f" | {r['steps_per_s'].get('fit', 0):.0f} | "
-            f"{r['peak_gpu_mib'] or 0:.0f} | {r['psnr_roi'] or 0:.2f} | "
+            f"{_mib(r['peak_gpu_mib'])} / {_mib(r.get('peak_gpu_reserved_mib'))} / "
+            f"{_mib(r.get('peak_device_mib'))} | {r['psnr_roi'] or 0:.2f} | "
             f"{r['psnr_atlas'] or 0:.2f} | {r.get('edit_psnr', '–')} | "
             f"{r.get('paint_leak_pct', '–')} | {r.get('mask_iou', '–')} |"
         )

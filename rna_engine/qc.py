@@ -129,7 +129,9 @@ def write_qc(
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
     vals = [f["psnr_roi"] for f in per_frame if f["psnr_roi"] is not None]
     vals_atlas = [f["psnr_atlas"] for f in per_frame if f["psnr_atlas"] is not None]
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    reserved = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
     report = {
         "engine_version": __version__,
         "frames": per_frame,
@@ -139,6 +141,7 @@ def write_qc(
         "fit_timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "steps_per_s": {k: round(v, 2) for k, v in result.steps_per_s.items()},
         "peak_gpu_memory_mib": peak,
+        "peak_gpu_reserved_mib": reserved,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "backends": {
             "flow": spec.settings.flow.backend,

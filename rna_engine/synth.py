@@ -37,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"width": 160, "height": 96, "frames": 16, "occluders": 2},
     "bench": {"width": 768, "height": 432, "frames": 70, "occluders": 3, "grain": 0.004},
     "hd": {"width": 1920, "height": 1080, "frames": 100, "occluders": 3, "grain": 0.004},
+    "uhd": {"width": 4096, "height": 2160, "frames": 200, "occluders": 3, "grain": 0.004},
 }
 
 
