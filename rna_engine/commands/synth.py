@@ -1,4 +1,4 @@
-"""`rna-engine synth --out DIR --preset tiny|small|bench|hd --seed N`: a shot with ground truth."""
+"""`rna-engine synth --out DIR --preset tiny|small|bench|hd|uhd --seed N`: a shot with ground truth."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def populate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "bench", "hd"))
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "bench", "hd", "uhd"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=0, help="override the frame count")
     parser.add_argument(

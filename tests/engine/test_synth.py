@@ -106,3 +106,15 @@ def _layer_moves(shot: SynthShot, a: int, b: int) -> int:
         assert on_top.all()
         checked += int((landed == k).sum())
     return checked
+
+
+def test_cli_offers_every_synth_preset() -> None:
+    import argparse
+
+    from rna_engine.commands import synth as command
+    from rna_engine.synth import PRESETS
+
+    parser = argparse.ArgumentParser()
+    command.populate(parser)
+    for name in PRESETS:
+        assert parser.parse_args(["--out", "x", "--preset", name]).preset == name
