@@ -11,7 +11,7 @@ from .progress import CancelToken, NullReporter, Reporter
 
 @dataclass
 class RunContext:
-    """Device, reporter, cancel token, work folder and seed of one job."""
+    """Device, reporter, cancel token, work folder, seed and I/O threads of one job."""
 
     device: str = "cpu"
     """torch device string (`cpu`, `cuda:0`); resolved from `auto` by the caller."""
@@ -20,6 +20,9 @@ class RunContext:
     work_dir: Path | None = None
     """Engine-private cache folder of the build (`<version>/work`); None disables caching."""
     seed: int = 0
+    io_workers: int = 0
+    """Threads for plate-resolution reads and writes (ingest, bake); 0 = min(8, CPU count).
+    The output does not depend on it."""
 
 
 def rna_home() -> Path:
