@@ -1,20 +1,28 @@
 """Bake: query the fitted fields at plate resolution and write the cache (DESIGN.md §4).
 
-Per plate frame, streaming (one frame in memory at a time, queries in chunks on the device):
-`rna_uv.u/v` (FLOAT32, STMap convention), `rna_matte.m` (soft matte, holdout applied),
-`rna_mask.m` (refined M), `rna_shade.red/green/blue` (linear-light ratio of the reconstructed to
-the atlas colour, DESIGN.md §7). The data window is the frame's ROI bounding box plus a margin;
-outside it Nuke sees zeros (matte 0, so RNAApply leaves the plate alone there). The atlas is
-rendered in the plate's format (× `atlas_scale`), aligned with the reference frame, scene-linear,
-with A = the ROI footprint; it extends past the ROI (the atlas field is continuous), which pads
-filtered lookups at the ROI's edge with real texture instead of black.
+Per plate frame: `rna_uv.u/v` (FLOAT32, STMap convention), `rna_matte.m` (soft matte, holdout
+applied), `rna_mask.m` (refined M), `rna_shade.red/green/blue` (linear-light ratio of the
+reconstructed to the atlas colour, DESIGN.md §7). The data window is the frame's ROI bounding
+box plus a margin; outside it Nuke sees zeros (matte 0, so RNAApply leaves the plate alone
+there). The atlas is rendered in the plate's format (× `atlas_scale`), aligned with the reference
+frame, scene-linear, with A = the ROI footprint; it extends past the ROI (the atlas field is
+continuous), which pads filtered lookups at the ROI's edge with real texture instead of black.
+
+Streaming, as a pipeline of bounded thread pools (`pool.py`): plates (and holdouts) are read a
+few frames ahead, the device queries and the soft matte run in frame order in the calling thread
+(the matte of frame t is frame t+1's temporal reference), and the shade decode and EXR writes run
+in background threads. At most about `2 × workers` frames are in memory; the first write error
+stops the bake with its own type, and every file is atomic. The output does not depend on the
+number of workers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,8 +35,9 @@ from .context import RunContext
 from .fit import FitResult, query_fields
 from .io import resize_area, write_exr, write_rgba_exr
 from .matte import load_backend, soft_matte
+from .pool import background_writer, io_workers, ordered_map, thread_pool
 from .settings import BakeSettings, MatteSettings
-from .stmap import sample_stmap, uv_norm_to_stmap
+from .stmap_torch import sample_stmap, uv_norm_to_stmap
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +83,15 @@ def data_window(mask_working: Tensor, fmt: PlateFormat, margin_px: int) -> tuple
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def shade_linear(shade: Tensor, atlas: Tensor, space: WorkingSpace) -> np.ndarray:
-    """Linear-light ratio decode(S·A) / decode(A), (P, 3) float32 (DESIGN.md §7)."""
-    rec = space.decode((shade * atlas).clamp(0, 1).cpu().numpy())
-    base = space.decode(atlas.cpu().numpy())
+def shade_linear(shaded: np.ndarray, atlas: np.ndarray, space: WorkingSpace) -> np.ndarray:
+    """Linear-light ratio decode(S·A) / decode(A), (P, 3) float32 (DESIGN.md §7).
+
+    Args:
+        shaded: (P, 3) float32 clamp(S·A, 0, 1), working-encoded.
+        atlas: (P, 3) float32 A(T(p)), working-encoded.
+    """
+    rec = space.decode(shaded)
+    base = space.decode(atlas)
     return (rec / np.maximum(base, SHADE_FLOOR)).astype(np.float32)
 
 
@@ -125,25 +139,64 @@ def render_atlas(
     return out
 
 
+@dataclass
+class FramePass:
+    """One frame's pass inside its data window, on the host, before the shade decode."""
+
+    window: tuple[int, int, int, int]
+    """(x, y, w, h) in plate pixels."""
+    uv_stmap: np.ndarray
+    """(h, w, 2) float32, STMap convention."""
+    matte: np.ndarray
+    """(h, w) float32 soft matte, holdout applied."""
+    mask: np.ndarray
+    """(h, w) float32 refined M."""
+    shaded: np.ndarray
+    """(h·w, 3) float32 clamp(S·A, 0, 1), working-encoded."""
+    atlas: np.ndarray
+    """(h·w, 3) float32 A(T(p)), working-encoded."""
+
+    def channels(self, space: WorkingSpace) -> dict[str, np.ndarray]:
+        """Channel name → (h, w) float32 array of the pass file; decodes the shade (CPU)."""
+        _, _, w, h = self.window
+        # Stays on the CPU, in a writer thread: the decode is OCIO's (or numpy's pow for sRGB),
+        # which torch does not reproduce bit for bit.
+        shade = shade_linear(self.shaded, self.atlas, space).reshape(h, w, 3)
+        return {
+            UV_U: self.uv_stmap[..., 0],
+            UV_V: self.uv_stmap[..., 1],
+            MATTE: self.matte,
+            MASK: self.mask,
+            SHADE[0]: shade[..., 0],
+            SHADE[1]: shade[..., 1],
+            SHADE[2]: shade[..., 2],
+        }
+
+
 def bake_frame(
     result: FitResult,
     t: int,
     plate_linear: np.ndarray,
     fmt: PlateFormat,
-    space: WorkingSpace,
     bake: BakeSettings,
     matte_settings: MatteSettings,
     matte_backend: Any,
     device: torch.device,
-    roi_plate: np.ndarray,
+    roi_plate: Tensor,
     holdout: np.ndarray | None = None,
     previous_matte: Tensor | None = None,
-) -> tuple[dict[str, np.ndarray], tuple[int, int, int, int], Tensor]:
-    """Channels of one frame's pass inside its data window.
+) -> tuple[FramePass, Tensor]:
+    """Device work of one frame's pass inside its data window.
+
+    Args:
+        plate_linear: (Hp, Wp, 3) float32 scene-linear plate.
+        roi_plate: (Hp, Wp) float32 ROI matte on `device`.
+        holdout: (Hp, Wp) float32 or None.
+        previous_matte: (Hp, Wp) the previous frame's matte before the holdout, on `device`.
 
     Returns:
-        channel name → (h, w) array, the data window (x, y, w, h), and the full-frame matte
-        before the holdout (the next frame's temporal reference).
+        The pass on the host, and the full-frame matte before the holdout (the next frame's
+        temporal reference), on `device`.
     """
     geo = result.geometry
     xs_w, ys_w = _pixel_grid(0, 0, geo.width, geo.height, device)
@@ -152,9 +205,9 @@ def bake_frame(
     xp, yp = _pixel_grid(x0, y0, w, h, device)
     xw, yw = fmt.working_xy(xp, yp)
     q = query_fields(result, xw, yw, t)
-    uv = uv_norm_to_stmap(q["uv_norm"].cpu().numpy(), geo.width, geo.height).reshape(h, w, 2)
+    # float64 then float32, as the file stores: bit-identical to the numpy reference.
+    uv = uv_norm_to_stmap(q["uv_norm"], geo.width, geo.height).float().reshape(h, w, 2)
     mask = q["mask"].reshape(h, w)
-    shade = shade_linear(q["shade"], q["atlas"], space).reshape(h, w, 3)
     guide = torch.from_numpy(
         np.ascontiguousarray(plate_linear[y0 : y0 + h, x0 : x0 + w].transpose(2, 0, 1))
     ).to(device)
@@ -163,9 +216,7 @@ def bake_frame(
         prev = previous_matte[y0 : y0 + h, x0 : x0 + w]
     # The ROI carried to this frame through the UVs: only occluder edges get matted, and the
     # ROI's own (artist-drawn) border stays as drawn.
-    roi_tracked = torch.from_numpy(
-        sample_stmap(roi_plate[..., None], uv.astype(np.float32), "linear")[..., 0]
-    ).to(device)
+    roi_tracked = sample_stmap(roi_plate[..., None], uv, "linear")[..., 0]
     matte_free = soft_matte(
         guide,
         mask,
@@ -184,16 +235,15 @@ def bake_frame(
         matte = matte * (
             1.0 - torch.from_numpy(holdout[y0 : y0 + h, x0 : x0 + w]).to(device).clamp(0, 1)
         )
-    channels = {
-        UV_U: uv[..., 0].astype(np.float32),
-        UV_V: uv[..., 1].astype(np.float32),
-        MATTE: matte.cpu().numpy(),
-        MASK: mask.cpu().numpy(),
-        SHADE[0]: shade[..., 0],
-        SHADE[1]: shade[..., 1],
-        SHADE[2]: shade[..., 2],
-    }
-    return channels, (x0, y0, w, h), full
+    frame = FramePass(
+        (x0, y0, w, h),
+        uv.cpu().numpy(),
+        matte.cpu().numpy(),
+        mask.cpu().numpy(),
+        (q["shade"] * q["atlas"]).clamp(0, 1).cpu().numpy(),
+        q["atlas"].cpu().numpy(),
+    )
+    return frame, full
 
 
 PASS_PIXEL_TYPES = {
@@ -221,40 +271,66 @@ def bake(
     attributes: dict[str, Any],
     ctx: RunContext,
 ) -> None:
-    """Write `atlas/atlas.exr` and every `passes/rna.####.exr` of the build (atomic files)."""
+    """Write `atlas/atlas.exr` and every `passes/rna.####.exr` of the build (atomic files).
+
+    `read_plate` and `read_holdout` run in `ctx.io_workers` reader threads; progress counts the
+    pass files written.
+    """
     device = torch.device(ctx.device)
+    workers = io_workers(ctx.io_workers)
+    n = len(frame_numbers)
     ctx.reporter.update("bake", 0.0, "atlas")
     atlas = render_atlas(result, fmt, roi_plate, space, bake_settings, device)
-    write_rgba_exr(
-        paths.atlas_exr, atlas, attributes={**attributes, "rna/frame": -1}, compression="zip"
-    )
     backend = load_backend(matte_settings, device)
-    previous: Tensor | None = None
-    n = len(frame_numbers)
-    for t, number in enumerate(frame_numbers):
-        ctx.cancel.check()
-        holdout = read_holdout(number) if read_holdout else None
-        channels, window, previous = bake_frame(
-            result,
-            t,
-            read_plate(number),
-            fmt,
-            space,
-            bake_settings,
-            matte_settings,
-            backend,
-            device,
-            roi_plate,
-            holdout,
-            previous,
+    roi = torch.from_numpy(roi_plate).to(device)
+    written = 0
+
+    def on_written(number: int | None) -> None:
+        nonlocal written
+        if number is not None:
+            written += 1
+            ctx.reporter.update("bake", written / n, f"frame {number}")
+
+    def read(number: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return read_plate(number), read_holdout(number) if read_holdout else None
+
+    def write_atlas() -> None:
+        write_rgba_exr(
+            paths.atlas_exr, atlas, attributes={**attributes, "rna/frame": -1}, compression="zip"
         )
+
+    def write_pass(number: int, frame: FramePass) -> int:
         write_exr(
             paths.pass_path(number),
-            channels,
+            frame.channels(space),
             pixel_types=PASS_PIXEL_TYPES,
             attributes={**attributes, "rna/frame": number, "rna/uv_convention": UV_CONVENTION},
             compression=bake_settings.compression,
-            data_window=window,
+            data_window=frame.window,
             display_size=(fmt.width, fmt.height),
         )
-        ctx.reporter.update("bake", (t + 1) / n, f"frame {number}")
+        return number
+
+    previous: Tensor | None = None
+    with (
+        thread_pool(workers, "read") as readers,
+        background_writer(workers, on_written, ctx.cancel.check) as writer,
+        closing(ordered_map(readers, read, frame_numbers, ahead=workers)) as inputs,
+    ):
+        writer.submit(write_atlas)
+        for t, (number, (plate, holdout)) in enumerate(zip(frame_numbers, inputs, strict=True)):
+            ctx.cancel.check()
+            frame, previous = bake_frame(
+                result,
+                t,
+                plate,
+                fmt,
+                bake_settings,
+                matte_settings,
+                backend,
+                device,
+                roi,
+                holdout,
+                previous,
+            )
+            writer.submit(partial(write_pass, number, frame))
