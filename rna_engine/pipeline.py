@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .cache import (
 from .colour import WorkingSpace, working_space
 from .context import RunContext, resolve_device
 from .errors import Cancelled, InputError
+from .pool import io_workers, ordered_map, thread_pool
 from .progress import ProgressTracker, Sink
 from .settings import BuildSpec, spec_to_dict
 
@@ -68,14 +70,26 @@ class Ingested:
     holdout: dict[int, Path] | None
 
 
-def _plate_rgb(path: Path) -> tuple[np.ndarray, io.ImageData]:
+def _read_rgb(path: Path) -> tuple[np.ndarray, io.ImageData, int]:
+    """A plate file's RGB with NaN/Inf replaced by 0, its image, and how many were replaced."""
     image = io.read_image(path)
     names = io.rgb_channel_names(image.channels)
     rgb = image.select(names)
+    bad = 0
     if not np.isfinite(rgb).all():
         bad = int((~np.isfinite(rgb)).sum())
-        log.warning("%s: %d NaN/Inf values replaced by 0", path, bad)
         rgb = np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0)
+    return rgb, image, bad
+
+
+def _warn_non_finite(path: Path, bad: int) -> None:
+    if bad:
+        log.warning("%s: %d NaN/Inf values replaced by 0", path, bad)
+
+
+def _plate_rgb(path: Path) -> tuple[np.ndarray, io.ImageData]:
+    rgb, image, bad = _read_rgb(path)
+    _warn_non_finite(path, bad)
     return rgb, image
 
 
@@ -119,19 +133,36 @@ def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
     holdout: dict[int, Path] | None = None
     if spec.holdout:
         holdout = io.resolve_sequence(spec.resolve(spec.holdout), io.format_frame_range(numbers))
-    working = np.empty((len(numbers), wh, ww, 3), np.float32)
-    for i, number in enumerate(numbers):
-        ctx.cancel.check()
-        rgb = first if i == 0 else _plate_rgb(frames[number])[0]
+
+    def load(number: int) -> tuple[int, tuple[int, ...], np.ndarray | None]:
+        """NaN/Inf count, plate size and working frame (None when the size is wrong)."""
+        if number == numbers[0]:
+            rgb, bad = first, 0  # read (and warned about) above
+        else:
+            rgb, _, bad = _read_rgb(frames[number])
         if rgb.shape[:2] != (height, width):
-            raise InputError(
-                f"{frames[number]}: frame {number} is {rgb.shape[1]}x{rgb.shape[0]}"
-                f" but frame {numbers[0]} is {width}x{height}"
-            )
+            return bad, rgb.shape[:2], None
         # Display-referred files hold code values: decode to linear first, then re-encode.
         linear = rgb if kind == "scene_linear" else _display_to_linear(rgb)
-        working[i] = space.encode(io.resize_area(linear, ww, wh))
-        ctx.reporter.update("ingest", (i + 1) / len(numbers), f"frame {number}")
+        return bad, rgb.shape[:2], space.encode(io.resize_area(linear, ww, wh))
+
+    working = np.empty((len(numbers), wh, ww, 3), np.float32)
+    workers = io_workers(ctx.io_workers)
+    # Frames load in threads; warnings, errors and progress stay in frame order, here.
+    with (
+        thread_pool(workers, "ingest") as pool,
+        closing(ordered_map(pool, load, numbers, ahead=workers)) as loaded,
+    ):
+        for i, (number, (bad, size, frame)) in enumerate(zip(numbers, loaded, strict=True)):
+            ctx.cancel.check()
+            _warn_non_finite(frames[number], bad)
+            if frame is None:
+                raise InputError(
+                    f"{frames[number]}: frame {number} is {size[1]}x{size[0]}"
+                    f" but frame {numbers[0]} is {width}x{height}"
+                )
+            working[i] = frame
+            ctx.reporter.update("ingest", (i + 1) / len(numbers), f"frame {number}")
     return Ingested(
         frames,
         numbers,

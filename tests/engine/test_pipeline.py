@@ -7,6 +7,7 @@ a build killed with SIGKILL mid-fit resumes from its checkpoint when rerun.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,7 +23,11 @@ from rna_engine.apply import ApplySettings, apply_sequence
 from rna_engine.cache import MATTE, PASS_CHANNELS, UV_U, BuildPaths
 from rna_engine.cli import main
 from rna_engine.colour import working_space
+from rna_engine.context import RunContext
+from rna_engine.errors import InputError
+from rna_engine.pipeline import Ingested, ingest
 from rna_engine.qc import encoded_error
+from rna_engine.settings import spec_from_dict
 from rna_engine.synth import make_shot, paint_pattern, write_shot
 
 TINY_SETTINGS = [
@@ -196,6 +201,49 @@ def test_bad_build_inputs_exit_2_with_one_line(
     assert code == 2
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def _ingest(shot_dir: Path, workers: int) -> Ingested:
+    spec = spec_from_dict(
+        {
+            "plate": str(shot_dir / "plate" / "plate.####.exr"),
+            "roi": str(shot_dir / "roi.exr"),
+            "reference_frame": 1001,
+            "settings": {"preset": "draft", "ingest": {"working_long_side": 32}},
+        }
+    )
+    return ingest(spec, RunContext(io_workers=workers))
+
+
+def test_ingest_names_the_first_wrong_sized_frame_in_the_middle(tmp_path: Path) -> None:
+    shot_dir = _bad_shot(tmp_path, frames=8)
+    culprit = shot_dir / "plate" / "plate.1005.exr"
+    io.write_exr(culprit, {c: np.ones((24, 32)) for c in "RGB"})
+    io.write_exr(shot_dir / "plate" / "plate.1007.exr", {c: np.ones((8, 8)) for c in "RGB"})
+    with pytest.raises(InputError) as err:
+        _ingest(shot_dir, workers=4)
+    assert str(err.value) == f"{culprit}: frame 1005 is 32x24 but frame 1001 is 64x48"
+
+
+def test_ingest_warns_of_nan_in_frame_order_and_does_not_depend_on_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shot_dir = _bad_shot(tmp_path, frames=6)
+    expected = []
+    for number, count in ((1002, 2), (1005, 1)):
+        path = shot_dir / "plate" / f"plate.{number:04d}.exr"
+        rgb = io.read_image(path).select(("R", "G", "B"))
+        rgb[0, :count, 1] = np.nan
+        io.write_exr(path, {c: rgb[..., i] for i, c in enumerate("RGB")})
+        expected.append(f"{path}: {count} NaN/Inf values replaced by 0")
+    caplog.set_level(logging.WARNING, logger="rna_engine.pipeline")
+    runs = []
+    for workers in (1, 4):
+        caplog.clear()
+        runs.append(_ingest(shot_dir, workers))
+        assert [r.getMessage() for r in caplog.records] == expected
+    assert np.isfinite(runs[0].working).all()
+    assert runs[0].working.tobytes() == runs[1].working.tobytes()
 
 
 def test_sigkill_mid_fit_resumes_from_checkpoint(tmp_path: Path) -> None:
