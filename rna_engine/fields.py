@@ -53,6 +53,10 @@ class HashGrid(nn.Module):
     Input: (N, n_dims) float32 in [0, 1] (clamped). Output: (N, n_levels · F) float32.
     """
 
+    graph_safe = False
+    """Whether a step through this grid can be captured as a CUDA graph. The reference's
+    backward is not capture-safe (its capture failed on an H100), so it runs eagerly."""
+
     def __init__(self, n_dims: int, settings: HashGridSettings) -> None:
         super().__init__()
         if n_dims not in (2, 3):

@@ -224,7 +224,7 @@ class Fitter:
         torch.manual_seed(ctx.seed)
         self.model = RNAFields(fit, self.atlas_box, self.geometry.xy_extent(), grid_factory)
         self.model.to(self.device)
-        self.use_graph = self.device.type == "cuda" and fit.compile in ("auto", "graph")
+        self.use_graph = self._graph_capture(fit)
         # A captured graph draws from the default CUDA generator (graph-safe); elsewhere a
         # private seeded generator keeps CPU runs deterministic and resumable.
         self.generator: torch.Generator | None = None
@@ -239,6 +239,24 @@ class Fitter:
         self.iterations = scaled_steps(fit.iterations, n, fit.scale_with_shot)
         self.refine_steps = scaled_steps(refine.iterations, n, fit.scale_with_shot)
         self.ckpt_path = ctx.work_dir / "fit.ckpt" if ctx.work_dir else None
+
+    def _graph_capture(self, fit: FitSettings) -> bool:
+        """Whether the steps run as a captured CUDA graph (`fit.compile`, the grids' backend)."""
+        if self.device.type != "cuda" or fit.compile == "off":
+            return False
+        unsafe = sorted(
+            {type(m).__name__ for m in self.model.modules() if not getattr(m, "graph_safe", True)}
+        )
+        if not unsafe:
+            return True
+        if fit.compile == "graph":
+            raise InputError(
+                f"setting fit.compile: 'graph' cannot capture the {', '.join(unsafe)} hash grid "
+                "(its backward is not capture-safe); use fit.encoding_backend 'triton' or fit.compile "
+                "'auto'"
+            )
+        log.info("fit: %s cannot be captured as a CUDA graph; steps run eagerly", ", ".join(unsafe))
+        return False
 
     # --------------------------------------------------------------------------------------
     # Checkpoints

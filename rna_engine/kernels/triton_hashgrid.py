@@ -326,6 +326,9 @@ class TritonHashGrid(HashGrid):
     Input: (N, n_dims) in [0, 1] (clamped). Output: (N, n_levels · F) float32.
     """
 
+    graph_safe = True
+    """Fixed-size launches and no host synchronisation: the fit captures its step."""
+
     def __init__(self, n_dims: int, settings: HashGridSettings) -> None:
         super().__init__(n_dims, settings)
         if self.n_params >= 2**31:

@@ -171,3 +171,27 @@ def test_bad_shots_are_refused() -> None:
         validate_shot(roi, 1, 0)
     with pytest.raises(InputError, match="outside"):
         validate_shot(roi, 5, 5)
+
+
+def test_graph_capture_only_with_graph_safe_grids() -> None:
+    from types import SimpleNamespace
+
+    from rna_engine.fields import HashGrid
+    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.settings import FitSettings, HashGridSettings
+
+    grid = HashGridSettings(n_levels=2, log2_hashmap_size=10, base_resolution=4)
+
+    def capture(grid_class: type, compile_mode: str, device: str = "cuda") -> bool:
+        model = torch.nn.Sequential(grid_class(3, grid), grid_class(2, grid))
+        fitter = SimpleNamespace(device=torch.device(device), model=model)
+        return Fitter._graph_capture(fitter, FitSettings(compile=compile_mode))  # type: ignore[arg-type]
+
+    assert capture(TritonHashGrid, "auto") and capture(TritonHashGrid, "graph")
+    assert not capture(TritonHashGrid, "off")
+    assert not capture(TritonHashGrid, "auto", device="cpu")
+    # The PyTorch reference's backward is not capture-safe: eager under "auto",
+    # and a clear setting error when a graph is demanded.
+    assert not capture(HashGrid, "auto")
+    with pytest.raises(InputError, match="fit.compile"):
+        capture(HashGrid, "graph")
