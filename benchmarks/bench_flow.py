@@ -72,7 +72,8 @@ def synthetic(args: argparse.Namespace, settings: FlowSettings) -> dict[str, Any
     from rna_engine import synth
 
     start = time.perf_counter()
-    shot = synth.make_shot(args.synth_preset, seed=args.seed)
+    overrides = {"frames": args.frames} if args.frames else {}
+    shot = synth.make_shot(args.synth_preset, seed=args.seed, **overrides)
     frames = torch.from_numpy(shot.plate_srgb).permute(0, 3, 1, 2).contiguous()
     make_s = time.perf_counter() - start
     n, _, h, w = frames.shape
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--synth-preset", default="bench")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=0, help="override the shot's frame count")
     parser.add_argument(
         "--max-distance",
         type=int,
