@@ -27,9 +27,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +43,7 @@ from .appearance import Appearance, gather, inside, make_appearance, pixel_grid,
 from .cache import atomic_path
 from .context import RunContext
 from .errors import InputError
+from .pool import ordered_map
 from .settings import FlowSettings
 
 log = logging.getLogger(__name__)
@@ -271,31 +271,14 @@ class DisFlow:
 
     def stream(self, batches: Iterable[Sequence[tuple[int, int]]]) -> Iterator[Tensor]:
         """The flows of each batch in order, computed up to `lookahead` flows ahead."""
-        pending: deque[list[Future[np.ndarray]]] = deque()
-        source = iter(batches)
-        queued = 0
-
-        def fill() -> None:
-            nonlocal queued
-            while queued < self._lookahead:
-                pairs = next(source, None)
-                if pairs is None:
-                    return
-                pending.append([self._pool.submit(self._one, pair) for pair in pairs])
-                queued += len(pairs)
-
+        batches = [list(pairs) for pairs in batches]
+        pairs = (pair for batch in batches for pair in batch)
+        flows = ordered_map(self._pool, self._one, pairs, self._lookahead)
         try:
-            fill()
-            while pending:
-                futures = pending.popleft()
-                flows = [f.result() for f in futures]
-                queued -= len(futures)
-                fill()
-                yield self._tensor(flows)
+            for batch in batches:
+                yield self._tensor([next(flows) for _ in batch])
         finally:  # the consumer stopped early (cancel, error): drop what has not started
-            for futures in pending:
-                for f in futures:
-                    f.cancel()
+            flows.close()
 
     def close(self) -> None:
         import cv2

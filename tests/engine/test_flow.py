@@ -13,6 +13,7 @@ from rna_engine.appearance import pixel_grid
 from rna_engine.context import RunContext
 from rna_engine.flow import (
     Correspondences,
+    DisFlow,
     compose,
     compute_correspondences,
     correspondences_from,
@@ -407,3 +408,24 @@ def test_synthetic_tiny_shot_reference_flow_and_occlusion() -> None:
     assert occluded.mean() < 0.05  # at least 95 % of the truly occluded pixels rejected
     assert np.concatenate(visible_valid).mean() > 0.8
     assert torch.equal(c.bootstrap[r], torch.from_numpy(shot.roi))
+
+
+def test_dis_stream_equals_batch_calls_and_stops_early(scene) -> None:
+    frames = scene[0]
+    settings = FlowSettings()
+    batches = [[(0, 1), (1, 0)], [(0, 2)], [(2, 0), (1, 2), (2, 1)]]
+    backend = DisFlow(frames, settings, "cpu", workers=2, lookahead=2)
+    try:
+        streamed = list(backend.stream(batches))
+        assert [len(f) for f in streamed] == [2, 1, 3]
+        for pairs, flows in zip(batches, streamed, strict=True):
+            assert torch.equal(flows, backend(pairs))
+        # A consumer that stops after the first batch closes the stream without waiting on the
+        # rest; the pool still serves later calls.
+        stream = backend.stream(batches * 20)
+        first = next(stream)
+        stream.close()
+        assert torch.equal(first, streamed[0])
+        assert torch.equal(backend([(0, 1)])[0], streamed[0][0])
+    finally:
+        backend.close()
