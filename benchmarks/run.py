@@ -8,7 +8,8 @@ bytes, and the device's own peak used memory sampled every 50 ms, CUDA context i
 steps/s; quality: ROI PSNR over all frames
 (the QC definitions in `rna_engine/qc.py`), edit PSNR against the exact expected render and
 paint leaking onto occluders (synthetic), mask IoU against ground truth or the annotation.
-Writes `<out>/bench.json` and prints a Markdown table for BENCHMARKS.md. Not collected by pytest.
+Writes `<out>/build_<preset>.json` as soon as each synthetic build is done, then
+`<out>/bench.json`, and prints a Markdown table for BENCHMARKS.md. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def run_synthetic(
             "synth_s": round(synth_s, 1),
         }
     )
+    # The build's numbers survive a scoring step that is cut short (large shots).
+    (out / f"build_{preset}.json").write_text(json.dumps(result, indent=2) + "\n")
     # Edit against the exact expected render (linear filter = the ground truth's sampling).
     atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B", "A"))
     edit = paint_pattern(p.width, p.height, shot.roi)
