@@ -478,9 +478,13 @@ def write_shot(
     out = Path(out)
     indices = range(shot.n_frames)
     if workers > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        # Spawned, not forked: a child forked after OpenImageIO has run in this process inherits
+        # its thread pool's locks mid-use and can hang in its first write.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             list(
                 pool.map(
                     _write_frame,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rna_engine import io
 from rna_engine.synth import SynthShot, make_shot, paint_pattern, write_shot
@@ -118,3 +119,16 @@ def test_cli_offers_every_synth_preset() -> None:
     command.populate(parser)
     for name in PRESETS:
         assert parser.parse_args(["--out", "x", "--preset", name]).preset == name
+
+
+@pytest.mark.timeout(120)
+def test_parallel_write_shot_after_image_io_in_this_process(tmp_path: Path) -> None:
+    # OpenImageIO has already run here (the first write); worker processes must still write.
+    shot = make_shot("tiny", seed=4)
+    write_shot(shot, tmp_path / "serial", truth=False, srgb=False)
+    for name in ("a", "b"):
+        write_shot(shot, tmp_path / name, truth=False, srgb=False, workers=2)
+        for number in shot.frame_numbers:
+            rel = Path("plate") / f"plate.{number:04d}.exr"
+            serial = io.read_image(tmp_path / "serial" / rel).pixels
+            np.testing.assert_array_equal(io.read_image(tmp_path / name / rel).pixels, serial)
