@@ -8,6 +8,7 @@ already on disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def case() -> Case:
 class Recorder:
     """A reporter that records (fraction, pass files on disk) at every bake event."""
 
-    def __init__(self, paths: BuildPaths, cancel_after: int = 0, token: CancelToken | None = None):
+    def __init__(
+        self, paths: BuildPaths, cancel_after: int = 0, token: CancelToken | None = None
+    ) -> None:
         self.paths = paths
         self.events: list[tuple[float, int]] = []
         self.cancel_after = cancel_after
@@ -92,9 +95,9 @@ def run_bake(
     case: Case,
     root: Path,
     workers: int,
-    reporter: Any = None,
+    reporter: Recorder | None = None,
     cancel: CancelToken | None = None,
-    read_plate: Any = None,
+    read_plate: Callable[[int], np.ndarray] | None = None,
 ) -> BuildPaths:
     paths = BuildPaths(root / "v001")
     shot = case.shot
