@@ -66,21 +66,30 @@ def _device_name(device: str) -> str:
 
 class DeviceMemory:
     """Peak used memory of a CUDA device (total − free, every process and context included),
-    sampled in a background thread while the `with` block runs; None off CUDA."""
+    sampled in a background thread while the `with` block runs, overall and per build stage
+    (it is a progress sink: events tell it the stage); None off CUDA."""
 
     def __init__(self, device: str, every_s: float = 0.05) -> None:
         self.device = device
         self.every_s = every_s
         self.peak_mib: float | None = None
+        self.by_stage: dict[str, float] = {}
+        self._stage = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def __call__(self, event: Any) -> None:
+        self._stage = event.stage
 
     def _sample(self) -> None:
         import torch
 
         while True:
             free, total = torch.cuda.mem_get_info(torch.device(self.device))
-            self.peak_mib = max(self.peak_mib or 0.0, (total - free) / 2**20)
+            used = (total - free) / 2**20
+            self.peak_mib = max(self.peak_mib or 0.0, used)
+            if self._stage:
+                self.by_stage[self._stage] = max(self.by_stage.get(self._stage, 0.0), used)
             if self._stop.wait(self.every_s):
                 return
 
@@ -102,7 +111,7 @@ def _build(spec: Any, device: str) -> tuple[Any, dict[str, Any]]:
     """Run one build; its paths and the summary of its status and QC report."""
     t0 = time.perf_counter()
     with DeviceMemory(device if device != "auto" else "cuda:0") as memory:
-        paths = run_build(spec, RunContext(seed=0))
+        paths = run_build(spec, RunContext(seed=0), sinks=[memory])
     wall_s = time.perf_counter() - t0
     status = json.loads(paths.status_json.read_text())
     report = json.loads((paths.qc_dir / "report.json").read_text())
@@ -114,6 +123,10 @@ def _build(spec: Any, device: str) -> tuple[Any, dict[str, Any]]:
         "peak_gpu_mib": report["peak_gpu_memory_mib"],
         "peak_gpu_reserved_mib": report.get("peak_gpu_reserved_mib"),
         "peak_device_mib": memory.peak_mib,
+        "peak_mib_by_stage": {
+            stage: {**alloc, "device": round(memory.by_stage.get(stage, 0.0), 1)}
+            for stage, alloc in report.get("peak_gpu_mib_by_stage", {}).items()
+        },
         "psnr_roi": report["psnr_roi_mean"],
         "psnr_atlas": report["psnr_atlas_mean"],
     }
@@ -296,6 +309,24 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['psnr_atlas'] or 0:.2f} | {r.get('edit_psnr', '–')} | "
             f"{r.get('paint_leak_pct', '–')} | {r.get('mask_iou', '–')} |"
         )
+    stages = ("ingest", "correspondences", "fit", "refine", "bake", "qc")
+    if any(r.get("peak_mib_by_stage") for r in rows):
+        lines += [
+            "",
+            "Peak GPU MiB by stage (allocated / reserved / device):",
+            "",
+            "| case | " + " | ".join(stages) + " |",
+            "|---|" + "---|" * len(stages),
+        ]
+        for r in rows:
+            by = r.get("peak_mib_by_stage") or {}
+            cells = [
+                " / ".join(_mib(by[k].get(n)) for n in ("allocated", "reserved", "device"))
+                if k in by
+                else "–"
+                for k in stages
+            ]
+            lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from .cache import (
 from .colour import WorkingSpace, working_space
 from .context import RunContext, resolve_device
 from .errors import Cancelled, InputError
+from .gpu_memory import StageMemory
 from .pool import io_workers, ordered_map, thread_pool
 from .progress import ProgressTracker, Sink
 from .settings import BuildSpec, spec_to_dict
@@ -261,8 +262,9 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
     if status.data.get("state") == "done" and paths.atlas_exr.exists():
         log.info("%s: already built (hash %s)", paths.root, digest)
         return paths
-    tracker = _tracker(ctx, [status, *(sinks or [])])
     device = resolve_device(spec.device)
+    memory = StageMemory(device)
+    tracker = _tracker(ctx, [status, memory, *(sinks or [])])
     run = replace(
         ctx, reporter=tracker, device=device, work_dir=paths.work_dir, seed=spec.settings.seed
     )
@@ -289,7 +291,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
                 "device": device,
             },
         )
-        result = _stages(spec, run, paths, digest, tracker)
+        result = _stages(spec, run, paths, digest, tracker, memory)
     except Cancelled:
         status.set(
             state="cancelled", message="cancelled", finished=time.time(), timings=tracker.timings_s
@@ -320,6 +322,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
         message="done",
         finished=time.time(),
         timings={k: round(v, 3) for k, v in tracker.timings_s.items()},
+        gpu_memory_mib=memory.finish(),
         **result,
     )
     return paths
@@ -332,7 +335,12 @@ def _cache_format() -> int:
 
 
 def _stages(
-    spec: BuildSpec, ctx: RunContext, paths: BuildPaths, digest: str, tracker: ProgressTracker
+    spec: BuildSpec,
+    ctx: RunContext,
+    paths: BuildPaths,
+    digest: str,
+    tracker: ProgressTracker,
+    memory: StageMemory,
 ) -> dict[str, Any]:
     from .bake import PlateFormat, bake
     from .fit import Fitter, ShotTensors, validate_shot
@@ -345,7 +353,6 @@ def _stages(
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.zeros(1, device=device)  # initialise the context before touching its statistics
-        torch.cuda.reset_peak_memory_stats(device)
     data = ingest(spec, ctx)
     roi = torch.from_numpy(data.roi_working)
     validate_shot(roi, len(data.frame_numbers), data.reference_index, spec.roi)
@@ -411,6 +418,6 @@ def _stages(
         ctx,
     )
     tracker.update("qc", 0.0, "report")
-    report = write_qc(result, data, fitter.shot, paths, tracker, device, spec)
+    report = write_qc(result, data, fitter.shot, paths, tracker, device, spec, memory)
     tracker.update("qc", 1.0, "report")
     return {"qc": {k: report[k] for k in ("psnr_roi_mean", "psnr_atlas_mean") if k in report}}

@@ -21,6 +21,7 @@ from . import __version__
 from .cache import BuildPaths, write_json_atomic
 from .colour import WorkingSpace, preview_srgb
 from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
+from .gpu_memory import StageMemory
 from .io import write_png
 from .progress import ProgressTracker
 from .settings import BuildSpec
@@ -111,8 +112,13 @@ def write_qc(
     tracker: ProgressTracker,
     device: torch.device,
     spec: BuildSpec,
+    memory: StageMemory | None = None,
 ) -> dict[str, Any]:
-    """Write `qc/report.json` and `qc/contact.png`; returns the report."""
+    """Write `qc/report.json` and `qc/contact.png`; returns the report.
+
+    `memory` gives the peak GPU memory per stage; without it, the allocator's peak since its
+    last reset.
+    """
     from .io import read_image
     from .kernels import available_backends
 
@@ -130,8 +136,13 @@ def write_qc(
     vals = [f["psnr_roi"] for f in per_frame if f["psnr_roi"] is not None]
     vals_atlas = [f["psnr_atlas"] for f in per_frame if f["psnr_atlas"] is not None]
     cuda = device.type == "cuda"
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-    reserved = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
+    if memory is not None:
+        peak, reserved = memory.peak()
+        by_stage = memory.summary()
+    else:
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
+        by_stage = {}
     report = {
         "engine_version": __version__,
         "frames": per_frame,
@@ -142,6 +153,7 @@ def write_qc(
         "steps_per_s": {k: round(v, 2) for k, v in result.steps_per_s.items()},
         "peak_gpu_memory_mib": peak,
         "peak_gpu_reserved_mib": reserved,
+        "peak_gpu_mib_by_stage": by_stage,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "backends": {
             "flow": spec.settings.flow.backend,

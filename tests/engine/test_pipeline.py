@@ -86,6 +86,7 @@ def test_cache_layout_and_headers(built: dict) -> None:
     status = json.loads(paths.status_json.read_text())
     assert status["state"] == "done" and status["progress"] == 1.0
     assert set(status["timings"]) >= {"ingest", "correspondences", "fit", "refine", "bake"}
+    assert status["gpu_memory_mib"] == {}  # a CPU build has no GPU memory to report
     atlas = io.read_image(paths.atlas_exr)
     assert (atlas.width, atlas.height) == (64, 48) and atlas.channels == ("R", "G", "B", "A")
     np.testing.assert_array_equal(atlas.channel("A") > 0.5, shot.roi > 0.5)
@@ -99,6 +100,7 @@ def test_cache_layout_and_headers(built: dict) -> None:
         assert p.display_window == (0, 0, 64, 48)
     report = json.loads((paths.qc_dir / "report.json").read_text())
     assert len(report["frames"]) == shot.n_frames and report["psnr_atlas_mean"] > 28
+    assert report["peak_gpu_memory_mib"] is None and report["peak_gpu_mib_by_stage"] == {}
     assert (paths.qc_dir / "contact.png").stat().st_size > 1000
     build = json.loads(paths.build_json.read_text())
     assert build["settings"]["fit"]["iterations"] == 1000 and build["version"] == 1
