@@ -392,6 +392,13 @@ class Fitter:
                 on_log(step, self._check_finite(loss, stage, step), terms)
             if self.ckpt_path and step % self.fit.checkpoint_every == 0 and step < total:
                 self._save(stage, step, opt)
+        if graph is not None:
+            # The graph's private memory pool stays reserved until it is returned: without
+            # this, the refinement's graph was captured beside the joint fit's dead pool
+            # (0.9 GB more device memory at 768×432×70).
+            del graph, static, loss, terms
+            opt.zero_grad(set_to_none=True)  # the gradients live in that pool too
+            torch.cuda.empty_cache()
 
     def _before_step(self, step: int) -> None:
         """Per-step updates of device tensors a captured step reads (set by the stages)."""
