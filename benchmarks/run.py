@@ -109,13 +109,21 @@ class DeviceMemory:
 
 def _build(spec: Any, device: str) -> tuple[Any, dict[str, Any]]:
     """Run one build; its paths and the summary of its status and QC report."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     with DeviceMemory(device if device != "auto" else "cuda:0") as memory:
         paths = run_build(spec, RunContext(seed=0), sinks=[memory])
     wall_s = time.perf_counter() - t0
     status = json.loads(paths.status_json.read_text())
     report = json.loads((paths.qc_dir / "report.json").read_text())
+    # A finished build with the same hash is reused, not redone (e.g. after a scoring step was
+    # cut short): its times and allocator peaks come from its own files, and nothing was
+    # sampled at the device level.
+    reused = status["finished"] < started
+    if reused:
+        wall_s = status["finished"] - status["started"]
+        memory.peak_mib, memory.by_stage = None, {}
     return paths, {
+        "reused": reused,
         "wall_s": round(wall_s, 2),
         "stages_s": status["timings"],
         "fit_s": report["fit_timings_s"],
@@ -124,7 +132,7 @@ def _build(spec: Any, device: str) -> tuple[Any, dict[str, Any]]:
         "peak_gpu_reserved_mib": report.get("peak_gpu_reserved_mib"),
         "peak_device_mib": memory.peak_mib,
         "peak_mib_by_stage": {
-            stage: {**alloc, "device": round(memory.by_stage.get(stage, 0.0), 1)}
+            stage: {**alloc, "device": _round(memory.by_stage.get(stage))}
             for stage, alloc in report.get("peak_gpu_mib_by_stage", {}).items()
         },
         "psnr_roi": report["psnr_roi_mean"],
@@ -282,6 +290,10 @@ def run_clip(
     return result
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _mib(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
@@ -297,8 +309,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         s = r["stages_s"]
+        case = r["case"] + (" (reused build: no device sampling)" if r.get("reused") else "")
         lines.append(
-            f"| {r['case']} | {r['preset']} | {r['wall_s']:.1f} | "
+            f"| {case} | {r['preset']} | {r['wall_s']:.1f} | "
             + " | ".join(
                 f"{s.get(k, 0):.1f}"
                 for k in ("ingest", "correspondences", "fit", "refine", "bake", "qc")

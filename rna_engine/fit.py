@@ -368,6 +368,10 @@ class Fitter:
                     loss.backward()
                     opt.step()
                     step += 1
+                # The last warm-up graph holds the parameters' gradient accumulators, made on
+                # the side stream; alive during the capture they trip PyTorch's stream-mismatch
+                # warning for AccumulateGrad.
+                del loss
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             opt.zero_grad(set_to_none=True)
