@@ -298,6 +298,9 @@ def _mib(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
+STAGES = ("ingest", "correspondences", "fit", "refine", "bake", "qc")
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']} · commit {meta['commit']} · `{meta['command']}`",
@@ -312,24 +315,20 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         case = r["case"] + (" (reused build: no device sampling)" if r.get("reused") else "")
         lines.append(
             f"| {case} | {r['preset']} | {r['wall_s']:.1f} | "
-            + " | ".join(
-                f"{s.get(k, 0):.1f}"
-                for k in ("ingest", "correspondences", "fit", "refine", "bake", "qc")
-            )
+            + " | ".join(f"{s.get(k, 0):.1f}" for k in STAGES)
             + f" | {r['steps_per_s'].get('fit', 0):.0f} | "
             f"{_mib(r['peak_gpu_mib'])} / {_mib(r.get('peak_gpu_reserved_mib'))} / "
             f"{_mib(r.get('peak_device_mib'))} | {r['psnr_roi'] or 0:.2f} | "
             f"{r['psnr_atlas'] or 0:.2f} | {r.get('edit_psnr', '–')} | "
             f"{r.get('paint_leak_pct', '–')} | {r.get('mask_iou', '–')} |"
         )
-    stages = ("ingest", "correspondences", "fit", "refine", "bake", "qc")
     if any(r.get("peak_mib_by_stage") for r in rows):
         lines += [
             "",
             "Peak GPU MiB by stage (allocated / reserved / device):",
             "",
-            "| case | " + " | ".join(stages) + " |",
-            "|---|" + "---|" * len(stages),
+            "| case | " + " | ".join(STAGES) + " |",
+            "|---|" + "---|" * len(STAGES),
         ]
         for r in rows:
             by = r.get("peak_mib_by_stage") or {}
@@ -337,7 +336,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 " / ".join(_mib(by[k].get(n)) for n in ("allocated", "reserved", "device"))
                 if k in by
                 else "–"
-                for k in stages
+                for k in STAGES
             ]
             lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -38,7 +37,7 @@ class StageMemory:
     """Peak allocated / reserved GPU memory (MiB) of each stage of a job.
 
     Args:
-        device: the job's device; nothing is recorded unless it is a CUDA device.
+        device: the job's device; without `stats`, nothing is recorded unless it is CUDA.
         stats, reset: the peak counters and their reset (default: `torch.cuda`'s for `device`).
     """
 
@@ -49,16 +48,15 @@ class StageMemory:
         reset: Callable[[], None] | None = None,
     ) -> None:
         device = torch.device(device)
-        self.enabled = device.type == "cuda" or stats is not None
-        if stats is None or reset is None:
-            stats, reset = _torch_stats(device) if device.type == "cuda" else (None, None)
-        self._stats = stats
-        self._reset = reset
+        if (stats is None or reset is None) and device.type == "cuda":
+            stats, reset = _torch_stats(device)
+        self._stats, self._reset = stats, reset
+        self.enabled = stats is not None and reset is not None
         self._stage = ""
         self._lock = threading.Lock()
         self.by_stage: dict[str, dict[str, float]] = {}
-        if self.enabled and self._reset is not None:
-            self._reset()
+        if reset is not None:
+            reset()
 
     def __call__(self, event: Event) -> None:
         if not self.enabled:
@@ -69,26 +67,8 @@ class StageMemory:
             self._close()
             self._stage = event.stage
 
-    def _close(self) -> None:
-        if not self._stage or self._stats is None or self._reset is None:
-            return
-        allocated, reserved = self._stats()
-        before = self.by_stage.get(self._stage, {"allocated": 0.0, "reserved": 0.0})
-        self.by_stage[self._stage] = {
-            "allocated": max(before["allocated"], allocated / 2**20),
-            "reserved": max(before["reserved"], reserved / 2**20),
-        }
-        self._reset()
-
-    def finish(self) -> dict[str, dict[str, float]]:
-        """Close the running stage; the per-stage peaks (MiB)."""
-        with self._lock:
-            self._close()
-            self._stage = ""
-            return self.summary()
-
-    def summary(self) -> dict[str, Any]:
-        """Per-stage peaks so far, the running stage included (MiB, rounded)."""
+    def _with_running(self) -> dict[str, dict[str, float]]:
+        """The recorded peaks, merged with the running stage's peak so far."""
         stages = dict(self.by_stage)
         if self._stage and self._stats is not None:
             allocated, reserved = self._stats()
@@ -97,7 +77,23 @@ class StageMemory:
                 "allocated": max(before["allocated"], allocated / 2**20),
                 "reserved": max(before["reserved"], reserved / 2**20),
             }
-        return {k: {n: round(v, 1) for n, v in d.items()} for k, d in stages.items()}
+        return stages
+
+    def _close(self) -> None:
+        if self._stage and self._reset is not None:
+            self.by_stage = self._with_running()
+            self._reset()
+
+    def finish(self) -> dict[str, dict[str, float]]:
+        """Close the running stage; the per-stage peaks (MiB)."""
+        with self._lock:
+            self._close()
+            self._stage = ""
+        return self.summary()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per-stage peaks so far, the running stage included (MiB, rounded)."""
+        return {k: {n: round(v, 1) for n, v in d.items()} for k, d in self._with_running().items()}
 
     def peak(self) -> tuple[float | None, float | None]:
         """The whole job's peak allocated and reserved MiB so far (None off CUDA)."""

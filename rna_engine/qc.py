@@ -112,13 +112,10 @@ def write_qc(
     tracker: ProgressTracker,
     device: torch.device,
     spec: BuildSpec,
-    memory: StageMemory | None = None,
+    memory: StageMemory,
 ) -> dict[str, Any]:
-    """Write `qc/report.json` and `qc/contact.png`; returns the report.
-
-    `memory` gives the peak GPU memory per stage; without it, the allocator's peak since its
-    last reset.
-    """
+    """Write `qc/report.json` and `qc/contact.png` (peak GPU memory from `memory`, per stage
+    and the largest); returns the report."""
     from .io import read_image
     from .kernels import available_backends
 
@@ -135,14 +132,7 @@ def write_qc(
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
     vals = [f["psnr_roi"] for f in per_frame if f["psnr_roi"] is not None]
     vals_atlas = [f["psnr_atlas"] for f in per_frame if f["psnr_atlas"] is not None]
-    cuda = device.type == "cuda"
-    if memory is not None:
-        peak, reserved = memory.peak()
-        by_stage = memory.summary()
-    else:
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-        reserved = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
-        by_stage = {}
+    peak, reserved = memory.peak()
     report = {
         "engine_version": __version__,
         "frames": per_frame,
@@ -153,7 +143,7 @@ def write_qc(
         "steps_per_s": {k: round(v, 2) for k, v in result.steps_per_s.items()},
         "peak_gpu_memory_mib": peak,
         "peak_gpu_reserved_mib": reserved,
-        "peak_gpu_mib_by_stage": by_stage,
+        "peak_gpu_mib_by_stage": memory.summary(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "backends": {
             "flow": spec.settings.flow.backend,
