@@ -30,7 +30,7 @@ from .cache import (
     write_json_atomic,
 )
 from .colour import WorkingSpace, working_space
-from .context import RunContext, resolve_device
+from .context import RunContext, open_device
 from .errors import Cancelled, InputError
 from .gpu_memory import StageMemory
 from .pool import io_workers, ordered_map, thread_pool
@@ -262,7 +262,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
     if status.data.get("state") == "done" and paths.atlas_exr.exists():
         log.info("%s: already built (hash %s)", paths.root, digest)
         return paths
-    device = resolve_device(spec.device)
+    device = open_device(ctx.auto_device if spec.device == "auto" else spec.device)
     memory = StageMemory(device)
     tracker = _tracker(ctx, [status, memory, *(sinks or [])])
     run = replace(
@@ -349,10 +349,7 @@ def _stages(
     from .qc import write_qc
 
     settings = spec.settings
-    device = torch.device(ctx.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.zeros(1, device=device)  # initialise the context before touching its statistics
+    device = torch.device(ctx.device)  # made ready by `open_device` in `run_build`
     data = ingest(spec, ctx)
     roi = torch.from_numpy(data.roi_working)
     validate_shot(roi, len(data.frame_numbers), data.reference_index, spec.roi)

@@ -781,15 +781,6 @@ class Service:
         weights = self._stage_weights or dict(pipeline.STAGE_WEIGHTS)
         return pipeline.run_build, weights, pipeline.prepare
 
-    def _job_device(self, spec: BuildSpec) -> str:
-        if spec.device == "auto":
-            return self.device
-        if spec.device == "cpu":
-            return "cpu"
-        from .context import resolve_device
-
-        return resolve_device(spec.device)
-
     def _run_job(self, job: Job) -> None:
         if job.cancel.cancelled:
             self._update(job, state="cancelled", finished=time.time(), message="cancelled")
@@ -824,7 +815,7 @@ class Service:
                 self._update(job, cache_dir=str(planner(job.spec)[0].root))
             tracker = ProgressTracker(weights, sinks=[sink])
             ctx = RunContext(
-                device=self._job_device(job.spec),
+                auto_device=self.device,  # run_build opens the device in this worker thread
                 reporter=tracker,
                 cancel=job.cancel,
                 work_dir=None,
