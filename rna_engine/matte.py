@@ -347,7 +347,8 @@ def closed_form_refine(
         # the stopping test reads the device: only every few steps
         if step_index % 8 == 7 and float(rs_new) <= rtol * rtol * float(rs0):
             break
-        d = res + (rs_new / rs) * d
+        # a solved system has rs = 0: 0/0 would fill the matte with NaN
+        d = res + (rs_new / rs.clamp_min(1e-30)) * d
         rs = rs_new
     return (fixed + x * u).clamp(0.0, 1.0)
 

@@ -175,6 +175,19 @@ def test_closed_form_recovers_the_alpha_of_a_two_colour_blend() -> None:
     torch.testing.assert_close(out, alpha, atol=3e-3, rtol=0)  # measured 7e-4
 
 
+@pytest.mark.parametrize("mask_value", [0.0, 0.41, 0.6, 1.0])
+def test_soft_matte_stays_finite_when_the_whole_frame_is_undecided(mask_value: float) -> None:
+    # an untrained mask (about 0.4 everywhere) made every pixel unknown: conjugate gradients
+    # then hit 0/0 and the build wrote NaN into every pass
+    g = torch.Generator().manual_seed(3)
+    guide = torch.rand(3, 24, 40, generator=g)
+    mask = torch.full((24, 40), mask_value)
+    for roi in (None, torch.ones(24, 40)):
+        alpha = mt.soft_matte(guide, mask, MatteSettings(), 2.0, roi_tracked=roi)
+        assert bool(torch.isfinite(alpha).all())
+        assert float(alpha.min()) >= 0.0 and float(alpha.max()) <= 1.0
+
+
 @pytest.mark.parametrize(("edge_px", "ratio"), [(1.0, 0.8), (3.0, 0.5)])
 def test_soft_matte_beats_the_hard_mask_on_soft_edges(edge_px: float, ratio: float) -> None:
     plates, truths = soft_edge_sequence(edge_px=edge_px)
