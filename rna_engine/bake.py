@@ -32,6 +32,7 @@ from torch import Tensor
 from .cache import MASK, MATTE, SHADE, UV_CONVENTION, UV_U, UV_V, BuildPaths
 from .colour import WorkingSpace
 from .context import RunContext
+from .errors import QualityError
 from .fit import FitResult, query_fields
 from .io import resize_area, write_exr, write_rgba_exr
 from .matte import load_backend, soft_matte
@@ -155,6 +156,15 @@ class FramePass:
     """(h·w, 3) float32 clamp(S·A, 0, 1), working-encoded."""
     atlas: np.ndarray
     """(h·w, 3) float32 A(T(p)), working-encoded."""
+    tracked_px: float = 0.0
+    """Area of the ROI carried to this frame (Σ roi_tracked), plate pixels."""
+    covered_px: float = 0.0
+    """Tracked-ROI pixels the soft matte (holdout applied) calls visible (> 0.5)."""
+
+    @property
+    def matte_coverage(self) -> float | None:
+        """Share of the tracked ROI with matte > 0.5; None when the ROI is out of view."""
+        return self.covered_px / self.tracked_px if self.tracked_px >= 1.0 else None
 
     def channels(self, space: WorkingSpace) -> dict[str, np.ndarray]:
         """Channel name → (h, w) float32 array of the pass file; decodes the shade (CPU)."""
@@ -235,6 +245,10 @@ def bake_frame(
         matte = matte * (
             1.0 - torch.from_numpy(holdout[y0 : y0 + h, x0 : x0 + w]).to(device).clamp(0, 1)
         )
+    # one read of the device for both sums (the arrays below are read anyway)
+    tracked_px, covered_px = torch.stack(
+        (roi_tracked.sum(), ((matte > 0.5) & (roi_tracked >= 0.5)).sum().float())
+    ).tolist()
     frame = FramePass(
         (x0, y0, w, h),
         uv.cpu().numpy(),
@@ -242,6 +256,8 @@ def bake_frame(
         mask.cpu().numpy(),
         (q["shade"] * q["atlas"]).clamp(0, 1).cpu().numpy(),
         q["atlas"].cpu().numpy(),
+        tracked_px,
+        covered_px,
     )
     return frame, full
 
@@ -270,11 +286,16 @@ def bake(
     paths: BuildPaths,
     attributes: dict[str, Any],
     ctx: RunContext,
-) -> None:
+) -> list[float | None]:
     """Write `atlas/atlas.exr` and every `passes/rna.####.exr` of the build (atomic files).
 
     `read_plate` and `read_holdout` run in `ctx.io_workers` reader threads; progress counts the
-    pass files written.
+    pass files written. A pass with a NaN/Inf value is never written: `QualityError` names the
+    frame and the channel.
+
+    Returns:
+        Per frame index, the share of the tracked ROI the soft matte covers
+        (`FramePass.matte_coverage`).
     """
     device = torch.device(ctx.device)
     workers = io_workers(ctx.io_workers)
@@ -300,9 +321,13 @@ def bake(
         )
 
     def write_pass(number: int, frame: FramePass) -> int:
+        channels = frame.channels(space)
+        for name, values in channels.items():
+            if not np.isfinite(values).all():
+                raise QualityError(f"bake: frame {number}: {name} has NaN/Inf values")
         write_exr(
             paths.pass_path(number),
-            frame.channels(space),
+            channels,
             pixel_types=PASS_PIXEL_TYPES,
             attributes={**attributes, "rna/frame": number, "rna/uv_convention": UV_CONVENTION},
             compression=bake_settings.compression,
@@ -312,6 +337,7 @@ def bake(
         return number
 
     previous: Tensor | None = None
+    coverage: list[float | None] = []
     with (
         thread_pool(workers, "read") as readers,
         background_writer(workers, on_written, ctx.cancel.check) as writer,
@@ -333,4 +359,6 @@ def bake(
                 holdout,
                 previous,
             )
+            coverage.append(frame.matte_coverage)
             writer.submit(partial(write_pass, number, frame))
+    return coverage

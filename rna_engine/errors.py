@@ -2,6 +2,8 @@
 
 - `InputError`: something the user can fix. Its message is the one line they see and names the
   file, frame or setting. Exit code 2.
+- `QualityError`: a quality gate failed (`rna_engine.quality`): the build produced garbage and
+  must not say `done`. An `InputError` (exit code 2) with error code `quality`.
 - `Cancelled`: the user or the service cancelled the job. Exit code 130.
 - anything else is an internal error: exit code 1, traceback to the log file.
 """
@@ -15,6 +17,15 @@ class RNAError(Exception):
 
 class InputError(RNAError):
     """Bad input: a file, frame or setting the user can fix (exit code 2)."""
+
+    code = "input"
+    """The error code `status.json`, the service and the farm report."""
+
+
+class QualityError(InputError):
+    """A quality gate failed: the build's result is not usable (exit code 2)."""
+
+    code = "quality"
 
 
 class Cancelled(RNAError):

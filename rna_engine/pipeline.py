@@ -300,7 +300,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
     except InputError as err:
         status.set(
             state="failed",
-            error={"code": "input", "message": str(err)},
+            error={"code": err.code, "message": str(err)},
             message=str(err),
             finished=time.time(),
         )
@@ -347,6 +347,7 @@ def _stages(
     from .flow import compute_correspondences
     from .kernels import make_hash_grid
     from .qc import write_qc
+    from .quality import check_bake, check_fit
 
     settings = spec.settings
     device = torch.device(ctx.device)  # made ready by `open_device` in `run_build`
@@ -370,6 +371,14 @@ def _stages(
         grid_factory,
     )
     result = fitter.run()
+    # garbage stops here, before any pass is written (QualityError: failed, code `quality`)
+    reference = check_fit(result, fitter.shot, settings.qc)
+    log.info(
+        "reference frame: atlas PSNR %.1f dB, ROI IoU %.2f, visible %.0f%%",
+        reference["psnr_atlas"],
+        reference["reference_iou"],
+        100 * reference["reference_visible"],
+    )
     fmt = PlateFormat(data.plate_width, data.plate_height, data.working_width, data.working_height)
     attributes = {
         "rna/version": _cache_format(),
@@ -400,7 +409,7 @@ def _stages(
             )
 
     del frames
-    bake(
+    coverage = bake(
         result,
         data.frame_numbers,
         read_plate,
@@ -414,7 +423,11 @@ def _stages(
         attributes,
         ctx,
     )
+    check_bake(coverage, data.reference_index, settings.qc)
     tracker.update("qc", 0.0, "report")
-    report = write_qc(result, data, fitter.shot, paths, tracker, device, spec, memory)
+    report = write_qc(result, data, fitter.shot, paths, tracker, device, spec, memory, coverage)
     tracker.update("qc", 1.0, "report")
-    return {"qc": {k: report[k] for k in ("psnr_roi_mean", "psnr_atlas_mean") if k in report}}
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
+    summary = ("psnr_roi_mean", "psnr_atlas_mean", "worst", "flagged_frames")
+    return {"qc": {k: report[k] for k in summary}, "warnings": report["warnings"]}

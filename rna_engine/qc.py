@@ -1,16 +1,20 @@
 """QC: `qc/report.json` (per-frame ROI PSNR, timings, memory, backends) and `qc/contact.png`.
 
-ROI PSNR over all frames (ALGORITHM.md §7.1 says the authors' protocol cannot be reproduced, so
-we define ours): at working resolution, inside the tracked ROI Ω_t — pixels whose T lands in the
-reference ROI's footprint —
+Per frame, worst frame first (ALGORITHM.md §7.1 says the authors' protocol cannot be reproduced,
+so we define ours; the measures are `rna_engine.quality.frame_measures`): at working resolution,
+inside the tracked ROI Ω_t — pixels whose T lands in the reference ROI's footprint —
 - `psnr_roi`: the model's reconstruction Î = M·S·A + (1 − M)·I against I (the paper's measure);
 - `psnr_atlas`: S·A(T(p)) against I on the pixels of Ω_t the model calls visible (M > 0.5) —
-  stricter: the mask cannot hide a bad atlas.
+  stricter: the mask cannot hide a bad atlas;
+- `roi_pixels` (tracked-ROI area), `coverage` (share of Ω_t with M > 0.5) and, at plate
+  resolution from the bake, `matte_coverage` (share of the tracked ROI with soft matte > 0.5).
+The report names the worst frame of each measure and flags frames far below their neighbours
+(`quality.findings`); the contact sheet shows the first, reference, middle and last frames and
+the worst ones.
 """
 
 from __future__ import annotations
 
-import math
 import platform
 from typing import Any
 
@@ -20,16 +24,12 @@ import torch
 from . import __version__
 from .cache import BuildPaths, write_json_atomic
 from .colour import WorkingSpace, preview_srgb
-from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
+from .fit import FitResult, ShotTensors
 from .gpu_memory import StageMemory
 from .io import write_png
 from .progress import ProgressTracker
+from .quality import findings, frame_maps, frame_measures
 from .settings import BuildSpec
-
-
-def psnr(err2_mean: float) -> float:
-    """PSNR in dB of a mean squared error on 0..1 data (∞ capped at 99)."""
-    return 99.0 if err2_mean <= 1e-10 else float(-10.0 * math.log10(err2_mean))
 
 
 def encoded_error(
@@ -44,38 +44,6 @@ def encoded_error(
     ea = space.encode(np.clip(a_linear, 0, None))
     eb = space.encode(np.clip(b_linear, 0, None))
     return float(((ea - eb) ** 2).mean(-1)[region].sum()), int(region.sum())
-
-
-@torch.no_grad()
-def frame_metrics(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Any]:
-    """ROI PSNRs of frame index t and its working-resolution images for the contact sheet."""
-    geo = result.geometry
-    h, w = shot.height, shot.width
-    dev = shot.frames.device
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=dev, dtype=torch.float32),
-        torch.arange(w, device=dev, dtype=torch.float32),
-        indexing="ij",
-    )
-    q = query_fields(result, xs.reshape(-1), ys.reshape(-1), t)
-    pred = (q["shade"] * q["atlas"]).T.reshape(3, h, w)
-    mask = q["mask"].reshape(h, w)
-    image = shot.frames[t]
-    p = geo.uv_to_px(q["uv_norm"])
-    zero = torch.zeros(p.shape[0], dtype=torch.long, device=dev)
-    region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5).reshape(h, w)
-    recon = mask * pred + (1 - mask) * image
-    err_recon = ((recon - image) ** 2).mean(0)
-    err_atlas = ((pred - image) ** 2).mean(0)
-    visible = region & (mask > 0.5)
-    out: dict[str, Any] = {
-        "psnr_roi": psnr(float(err_recon[region].mean())) if region.any() else None,
-        "psnr_atlas": psnr(float(err_atlas[visible].mean())) if visible.any() else None,
-        "roi_pixels": int(region.sum()),
-        "visible_pixels": int(visible.sum()),
-    }
-    out["_images"] = (image, pred, mask, err_atlas.sqrt() * region)
-    return out
 
 
 def contact_sheet(
@@ -113,23 +81,29 @@ def write_qc(
     device: torch.device,
     spec: BuildSpec,
     memory: StageMemory,
+    matte_coverage: list[float | None],
 ) -> dict[str, Any]:
     """Write `qc/report.json` and `qc/contact.png` (peak GPU memory from `memory`, per stage
-    and the largest); returns the report."""
+    and the largest; `matte_coverage` per frame index from the bake); returns the report."""
     from .io import read_image
     from .kernels import available_backends
 
     n = shot.n_frames
-    sheet_frames = sorted({0, shot.reference_index, n // 2, n - 1})
     per_frame = []
-    rows = []
     for t in range(n):
-        m = frame_metrics(result, shot, t)
-        images = m.pop("_images")
-        if t in sheet_frames:
-            rows.append(images)
+        m = frame_measures(frame_maps(result, shot, t))
+        m["matte_coverage"] = None if matte_coverage[t] is None else round(matte_coverage[t], 4)
         per_frame.append({"frame": data.frame_numbers[t], **m})
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
+    found = findings(per_frame, data.frame_numbers, spec.settings.qc)
+    index = {number: t for t, number in enumerate(data.frame_numbers)}
+    worst_frames = {index[w["frame"]] for w in found["worst"].values() if w is not None}
+    sheet_frames = sorted({0, shot.reference_index, n // 2, n - 1} | worst_frames)
+    rows = []
+    for t in sheet_frames:
+        maps = frame_maps(result, shot, t)
+        err = ((maps["pred"] - maps["image"]) ** 2).mean(0).sqrt() * maps["region"]
+        rows.append((maps["image"], maps["pred"], maps["mask"], err))
     vals = [f["psnr_roi"] for f in per_frame if f["psnr_roi"] is not None]
     vals_atlas = [f["psnr_atlas"] for f in per_frame if f["psnr_atlas"] is not None]
     peak, reserved = memory.peak()
@@ -138,6 +112,8 @@ def write_qc(
         "frames": per_frame,
         "psnr_roi_mean": float(np.mean(vals)) if vals else None,
         "psnr_atlas_mean": float(np.mean(vals_atlas)) if vals_atlas else None,
+        **found,
+        "sheet_frames": [data.frame_numbers[t] for t in sheet_frames],
         "timings_s": {k: round(v, 3) for k, v in tracker.timings_s.items()},
         "fit_timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "steps_per_s": {k: round(v, 2) for k, v in result.steps_per_s.items()},

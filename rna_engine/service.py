@@ -14,7 +14,9 @@ heartbeat, ...}}` frames (a heartbeat every `heartbeat_s`) until the job ends; t
 a final state (`done`, `failed`, `cancelled`), then the connection takes requests again.
 
 Reply error codes: `bad_request`, `unauthorized`, `version_mismatch`, `not_found`, `too_large`,
-`invalid_spec`, `internal`. A failed job carries `error = {code: "input"|"internal", message}`.
+`invalid_spec`, `internal`. A failed job carries `error = {code, message}` with code `input`,
+`quality` (a quality gate failed: the build produced garbage) or `internal`; a done job carries
+`warnings`, the build's soft QC findings.
 
 Robustness: one thread per connection; a frame must arrive completely within `frame_timeout_s`
 of its first byte (slow-drip clients are dropped), an idle connection is closed after
@@ -323,6 +325,8 @@ class Job:
     finished: float | None = None
     cache_dir: str | None = None
     """The version folder (`<out>/<name>/v###`) once known."""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """Soft QC findings of a done build (`status.json`'s `warnings`), for the node to show."""
     attempt: int = 1
     seq: int = 0
     """Bumped on every change; subscribers wait for it to move."""
@@ -345,6 +349,7 @@ class Job:
             "finished": self.finished,
             "cache_dir": self.cache_dir,
             "status_path": status_path,
+            "warnings": list(self.warnings),
             "cancel_requested": self.cancel.cancelled,
             "attempt": self.attempt,
             "heartbeat": heartbeat,
@@ -824,8 +829,8 @@ class Service:
             result = runner(job.spec, ctx)
         except Cancelled:
             state = "cancelled"
-        except InputError as err:
-            state, error = "failed", {"code": "input", "message": str(err)}
+        except InputError as err:  # code `input`, or `quality` for a failed quality gate
+            state, error = "failed", {"code": err.code, "message": str(err)}
         except Exception as err:  # the job runner reports every failure to its clients
             log.exception("job %s failed", job.job_id)
             state, error = "failed", {"code": "internal", "message": f"{type(err).__name__}: {err}"}
@@ -850,6 +855,9 @@ class Service:
         }
         if state == "done":
             fields["progress"] = 1.0
+            if cache_dir:
+                done = read_status(BuildPaths(Path(cache_dir))) or {}
+                fields["warnings"] = list(done.get("warnings") or [])
         self._update(job, **fields)
         log.info(
             "job %s %s in %.1fs%s",

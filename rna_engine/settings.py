@@ -366,6 +366,33 @@ class BakeSettings:
 
 
 @dataclass(frozen=True)
+class QCSettings:
+    """Quality gates and per-frame findings (`rna_engine/quality.py`)."""
+
+    min_reference_tracked: float = 0.5
+    """Hard gate: IoU of the drawn ROI with the ROI that T carries back to the reference frame
+    (0..1)."""
+    min_reference_visible: float = 0.5
+    """Hard gate: share of the drawn ROI the fit's mask calls visible on the reference frame."""
+    min_reference_psnr_db: float = 18.0
+    """Hard gate: atlas-only PSNR (dB, working encoding) of the visible ROI on the reference
+    frame; a converged fit measures 30-50 dB, an untrained one about 10-15."""
+    min_reference_matte: float = 0.5
+    """Hard gate: share of the tracked ROI with soft matte > 0.5 on the reference frame."""
+    drop_ratio: float = 0.6
+    """Warning: a frame whose matte coverage or tracked-ROI area falls below this × the median
+    of its neighbours (0..1)."""
+    neighbour_frames: int = 5
+    """Frames on each side that make a frame's neighbourhood for `drop_ratio`."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_reference_tracked", "min_reference_visible", "min_reference_matte"):
+            _require(0 <= getattr(self, name) <= 1, f"qc.{name}", "must be in [0,1]")
+        _require(0 <= self.drop_ratio <= 1, "qc.drop_ratio", "must be in [0,1]")
+        _require(self.neighbour_frames >= 1, "qc.neighbour_frames", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class BuildSettings:
     """Every stage's settings; presets are named overrides of these defaults."""
 
@@ -379,6 +406,7 @@ class BuildSettings:
     refine: RefineSettings = field(default_factory=RefineSettings)
     matte: MatteSettings = field(default_factory=MatteSettings)
     bake: BakeSettings = field(default_factory=BakeSettings)
+    qc: QCSettings = field(default_factory=QCSettings)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
