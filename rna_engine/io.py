@@ -8,14 +8,21 @@ Contract:
   one line naming the file. NaN/Inf pixels are reported by `inspect`, never fatal.
 - Writers are atomic: a temporary file beside the target, then `os.replace`.
 
-Sequence patterns: `name.####.exr` (one `#` per digit, Nuke's convention), `name.%04d.exr`,
-`name.@.exr` (one `@` per digit; a single `@` matches any padding).
-Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020` (Nuke's syntax).
+Sequence patterns: a frame token in the file name, which may be the whole name before the
+extension (`#####.jpg`, in the current folder or any other):
+- `####` one `#` per digit (Nuke's convention; `#` alone = unpadded);
+- `%04d` printf (`%d` = unpadded);
+- `@@@@` one `@` per digit; a single `@` matches any padding.
+Padding is a minimum width that counts the minus sign, as printf and Nuke write it: `####` gives
+frame 1 as `0001`, 12345 as `12345`, -1 as `-001`. A file is a frame of a padded pattern only if
+its name is exactly what the pattern writes for that frame (`00001` is not frame 1 of `####`).
+Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020`, `-5--1` (Nuke's syntax).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ from .errors import InputError
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%(0?)(\d*)d")
 _ATS = re.compile(r"@+")
+_DIGITS = re.compile(r"-?[0-9]+")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:[x:](\d+))?)?$")
 
 LOSSY_COMPRESSIONS = ("dwaa", "dwab", "b44", "b44a", "pxr24")
@@ -85,41 +93,75 @@ def format_frame_range(frames: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class SequencePattern:
-    """A parsed sequence pattern: text before and after the frame token, and its padding."""
+    """A parsed sequence pattern: folder, file-name text around the frame token, and padding.
 
+    A file is frame N of the pattern exactly when its name is `name(N)`, so finding and
+    formatting agree: `####` finds `0001` and `12345` but not `00001` or `1`.
+    """
+
+    folder: str
+    """Text up to and including the last path separator; '' = the current folder."""
     prefix: str
+    """File-name text before the frame token (may hold digits: `shot010_v2.`)."""
     suffix: str
+    """File-name text after the frame token."""
     padding: int
-    """Digits of the frame number; 0 = any padding (single `@`, or `%d`)."""
+    """Width of the frame number, a minus sign included (`####`: -1 → `-001`, as Nuke and
+    printf's `%04d` write it); 1 = unpadded (`#`, `%d`); 0 = any width (a single `@`)."""
+
+    def name(self, frame: int) -> str:
+        """File name of `frame`."""
+        return f"{self.prefix}{frame:0{max(self.padding, 1)}d}{self.suffix}"
 
     def path(self, frame: int) -> Path:
-        digits = f"{frame:0{self.padding}d}" if self.padding else str(frame)
-        return Path(f"{self.prefix}{digits}{self.suffix}")
+        """Path of `frame` (relative when the pattern is)."""
+        return Path(self.folder + self.name(frame))
 
-    def regex(self) -> re.Pattern[str]:
-        digits = rf"-?\d{{{self.padding}}}" if self.padding else r"-?\d+"
-        return re.compile(
-            rf"^{re.escape(Path(self.prefix).name)}({digits}){re.escape(self.suffix)}$"
-        )
+    def directory(self) -> Path:
+        """The folder the frames are in."""
+        return Path(self.folder) if self.folder else Path(".")
+
+    def frame_of(self, name: str) -> int | None:
+        """Frame number of the file name `name`, or None when it is not a frame of the pattern."""
+        if len(name) <= len(self.prefix) + len(self.suffix):
+            return None
+        if not (name.startswith(self.prefix) and name.endswith(self.suffix)):
+            return None
+        digits = name[len(self.prefix) : len(name) - len(self.suffix)]
+        if not _DIGITS.fullmatch(digits):
+            return None
+        frame = int(digits)
+        if self.padding and self.name(frame) != name:
+            return None  # other padding: not a file of this sequence
+        return frame
+
+
+def _split_folder(text: str) -> tuple[str, str]:
+    """(folder with its trailing separator, file name) of a path text."""
+    seps = {"/", os.sep, os.altsep or "/"}
+    cut = max(text.rfind(s) for s in seps) + 1
+    return text[:cut], text[cut:]
 
 
 def parse_pattern(pattern: str | Path) -> SequencePattern | None:
-    """The frame token of `pattern` (`####`, `%04d`, `@`), or None for a single file."""
-    text = str(pattern)
-    name_start = text.rfind("/") + 1
-    name = text[name_start:]
+    """The frame token of `pattern`'s file name (`####`, `%04d`, `@`), or None for a single file.
+
+    The token may be the whole file name before the extension (`#####.jpg`, `%05d.png`); only
+    the file name is searched, so a `#` or `@` in a folder name is not a token.
+    """
+    folder, name = _split_folder(str(pattern))
     for regex, kind in ((_HASHES, "#"), (_PRINTF, "%"), (_ATS, "@")):
         matches = list(regex.finditer(name))
         if not matches:
             continue
         m = matches[-1]
         if kind == "%":
-            padding = int(m.group(2)) if m.group(2) else 0
+            padding = max(int(m.group(2) or 1), 1)
         elif kind == "@" and len(m.group(0)) == 1:
             padding = 0
         else:
             padding = len(m.group(0))
-        return SequencePattern(text[: name_start + m.start()], name[m.end() :], padding)
+        return SequencePattern(folder, name[: m.start()], name[m.end() :], padding)
     return None
 
 
@@ -130,23 +172,32 @@ def frame_path(pattern: str | Path, frame: int) -> Path:
 
 
 def find_frames(pattern: str | Path) -> dict[int, Path]:
-    """Frame number → path of every file on disk matching the pattern.
+    """Frame number → path of every entry on disk that is a frame of the pattern, sorted.
 
-    A plain file (no frame token) gives `{0: path}` when it exists.
+    Folders named like a frame are included, so that reading them names them (a silent gap
+    would hide them). A plain file (no frame token) gives `{0: path}` when it exists. With a
+    single `@` two files can hold the same frame (`p.1.exr`, `p.01.exr`): `InputError`.
     """
     seq = parse_pattern(pattern)
     if seq is None:
         path = Path(pattern)
-        return {0: path} if path.is_file() else {}
-    folder = Path(seq.prefix).parent if "/" in seq.prefix else Path(".")
-    if not folder.is_dir():
+        return {0: path} if path.exists() else {}
+    folder = seq.directory()
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return {}
-    rx = seq.regex()
+    except OSError as err:
+        raise InputError(f"{folder}: cannot list the folder ({err.strerror})") from err
     found: dict[int, Path] = {}
-    for entry in folder.iterdir():
-        m = rx.match(entry.name)
-        if m and entry.is_file():
-            found[int(m.group(1))] = folder / entry.name
+    for name in names:
+        frame = seq.frame_of(name)
+        if frame is None:
+            continue
+        path = Path(seq.folder + name)
+        if frame in found:
+            raise InputError(f"{path}: frame {frame} is also {found[frame].name}")
+        found[frame] = path
     return dict(sorted(found.items()))
 
 
@@ -157,11 +208,12 @@ def resolve_sequence(pattern: str | Path, frames: str = "") -> dict[int, Path]:
     frame of the requested range.
     """
     found = find_frames(pattern)
+    seq = parse_pattern(pattern)
     if not found:
+        if seq is not None and not seq.directory().is_dir():
+            raise InputError(f"{pattern}: no files found (no folder {seq.directory()})")
         raise InputError(f"{pattern}: no files found")
-    if parse_pattern(pattern) is None:
-        return found
-    if not frames:
+    if seq is None or not frames:
         return found
     wanted = parse_frame_range(frames)
     missing = [f for f in wanted if f not in found]
