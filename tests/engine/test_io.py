@@ -314,3 +314,19 @@ def test_inspect_reports_nan_and_inf(tmp_path: Path) -> None:
     data[1, 1] = np.inf
     report = io.inspect(io.write_exr(tmp_path / "n.exr", {"R": data}, pixel_types={"R": "float"}))
     assert (report.nan_count, report.inf_count) == (1, 1)
+
+
+CLIPS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "clips"
+
+
+@pytest.mark.slow
+def test_a_davis_clip_of_bare_frame_numbers_is_a_sequence_from_zero() -> None:
+    frames_dir = CLIPS / "bear" / "frames"
+    if not frames_dir.is_dir():
+        pytest.skip("../shared/data/clips/bear is not here")
+    names = sorted(p.name for p in frames_dir.iterdir() if p.suffix == ".jpg")
+    found = io.find_frames(frames_dir / "#####.jpg")
+    assert [p.name for p in found.values()] == names
+    assert sorted(found) == list(range(len(names)))
+    first = io.read_image(found[0])
+    assert first.file_format == "jpeg" and first.pixels.shape[2] == 3
