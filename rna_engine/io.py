@@ -4,21 +4,33 @@ Contract:
 - Pixels come back as float32 (H, W, C) **in the display window**: data outside the data window
   is zero, data outside the display window is cropped (overscan is dropped).
 - Channels are always looked up by name (OpenEXR stores them sorted).
-- Every unreadable, truncated, deep-only or otherwise unsupported file raises `InputError` with
-  one line naming the file. NaN/Inf pixels are reported by `inspect`, never fatal.
+- Every unreadable, truncated, corrupt, mis-named (a PNG named .exr), deep-only or otherwise
+  unsupported file, and a folder named like one, raises `InputError` with one line naming the
+  file; an error OpenImageIO leaves pending after a read that "succeeded" is a failed read.
+  NaN/Inf pixels are reported by `inspect`, never fatal.
 - Writers are atomic: a temporary file beside the target, then `os.replace`.
 
-Sequence patterns: `name.####.exr` (one `#` per digit, Nuke's convention), `name.%04d.exr`,
-`name.@.exr` (one `@` per digit; a single `@` matches any padding).
-Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020` (Nuke's syntax).
+Sequence patterns: a frame token in the file name, which may be the whole name before the
+extension (`#####.jpg`, in the current folder or any other):
+- `####` one `#` per digit (Nuke's convention; `#` alone = unpadded);
+- `%04d` printf (`%d` = unpadded);
+- `@@@@` one `@` per digit; a single `@` matches any padding.
+Padding is a minimum width that counts the minus sign, as printf and Nuke write it: `####` gives
+frame 1 as `0001`, 12345 as `12345`, -1 as `-001`. A file is a frame of a padded pattern only if
+its name is exactly what the pattern writes for that frame (`00001` is not frame 1 of `####`).
+Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020`, `-5--1` (Nuke's syntax).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,7 @@ from .errors import InputError
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%(0?)(\d*)d")
 _ATS = re.compile(r"@+")
+_DIGITS = re.compile(r"-?[0-9]+")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:[x:](\d+))?)?$")
 
 LOSSY_COMPRESSIONS = ("dwaa", "dwab", "b44", "b44a", "pxr24")
@@ -85,41 +98,75 @@ def format_frame_range(frames: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class SequencePattern:
-    """A parsed sequence pattern: text before and after the frame token, and its padding."""
+    """A parsed sequence pattern: folder, file-name text around the frame token, and padding.
 
+    A file is frame N of the pattern exactly when its name is `name(N)`, so finding and
+    formatting agree: `####` finds `0001` and `12345` but not `00001` or `1`.
+    """
+
+    folder: str
+    """Text up to and including the last path separator; '' = the current folder."""
     prefix: str
+    """File-name text before the frame token (may hold digits: `shot010_v2.`)."""
     suffix: str
+    """File-name text after the frame token."""
     padding: int
-    """Digits of the frame number; 0 = any padding (single `@`, or `%d`)."""
+    """Width of the frame number, a minus sign included (`####`: -1 → `-001`, as Nuke and
+    printf's `%04d` write it); 1 = unpadded (`#`, `%d`); 0 = any width (a single `@`)."""
+
+    def name(self, frame: int) -> str:
+        """File name of `frame`."""
+        return f"{self.prefix}{frame:0{max(self.padding, 1)}d}{self.suffix}"
 
     def path(self, frame: int) -> Path:
-        digits = f"{frame:0{self.padding}d}" if self.padding else str(frame)
-        return Path(f"{self.prefix}{digits}{self.suffix}")
+        """Path of `frame` (relative when the pattern is)."""
+        return Path(self.folder + self.name(frame))
 
-    def regex(self) -> re.Pattern[str]:
-        digits = rf"-?\d{{{self.padding}}}" if self.padding else r"-?\d+"
-        return re.compile(
-            rf"^{re.escape(Path(self.prefix).name)}({digits}){re.escape(self.suffix)}$"
-        )
+    def directory(self) -> Path:
+        """The folder the frames are in."""
+        return Path(self.folder) if self.folder else Path(".")
+
+    def frame_of(self, name: str) -> int | None:
+        """Frame number of the file name `name`, or None when it is not a frame of the pattern."""
+        if len(name) <= len(self.prefix) + len(self.suffix):
+            return None
+        if not (name.startswith(self.prefix) and name.endswith(self.suffix)):
+            return None
+        digits = name[len(self.prefix) : len(name) - len(self.suffix)]
+        if not _DIGITS.fullmatch(digits):
+            return None
+        frame = int(digits)
+        if self.padding and self.name(frame) != name:
+            return None  # other padding: not a file of this sequence
+        return frame
+
+
+def _split_folder(text: str) -> tuple[str, str]:
+    """(folder with its trailing separator, file name) of a path text."""
+    seps = {"/", os.sep, os.altsep or "/"}
+    cut = max(text.rfind(s) for s in seps) + 1
+    return text[:cut], text[cut:]
 
 
 def parse_pattern(pattern: str | Path) -> SequencePattern | None:
-    """The frame token of `pattern` (`####`, `%04d`, `@`), or None for a single file."""
-    text = str(pattern)
-    name_start = text.rfind("/") + 1
-    name = text[name_start:]
+    """The frame token of `pattern`'s file name (`####`, `%04d`, `@`), or None for a single file.
+
+    The token may be the whole file name before the extension (`#####.jpg`, `%05d.png`); only
+    the file name is searched, so a `#` or `@` in a folder name is not a token.
+    """
+    folder, name = _split_folder(str(pattern))
     for regex, kind in ((_HASHES, "#"), (_PRINTF, "%"), (_ATS, "@")):
         matches = list(regex.finditer(name))
         if not matches:
             continue
         m = matches[-1]
         if kind == "%":
-            padding = int(m.group(2)) if m.group(2) else 0
+            padding = max(int(m.group(2) or 1), 1)
         elif kind == "@" and len(m.group(0)) == 1:
             padding = 0
         else:
             padding = len(m.group(0))
-        return SequencePattern(text[: name_start + m.start()], name[m.end() :], padding)
+        return SequencePattern(folder, name[: m.start()], name[m.end() :], padding)
     return None
 
 
@@ -130,23 +177,32 @@ def frame_path(pattern: str | Path, frame: int) -> Path:
 
 
 def find_frames(pattern: str | Path) -> dict[int, Path]:
-    """Frame number → path of every file on disk matching the pattern.
+    """Frame number → path of every entry on disk that is a frame of the pattern, sorted.
 
-    A plain file (no frame token) gives `{0: path}` when it exists.
+    Folders named like a frame are included, so that reading them names them (a silent gap
+    would hide them). A plain file (no frame token) gives `{0: path}` when it exists. With a
+    single `@` two files can hold the same frame (`p.1.exr`, `p.01.exr`): `InputError`.
     """
     seq = parse_pattern(pattern)
     if seq is None:
         path = Path(pattern)
-        return {0: path} if path.is_file() else {}
-    folder = Path(seq.prefix).parent if "/" in seq.prefix else Path(".")
-    if not folder.is_dir():
+        return {0: path} if path.exists() else {}
+    folder = seq.directory()
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return {}
-    rx = seq.regex()
+    except OSError as err:
+        raise InputError(f"{folder}: cannot list the folder ({err.strerror})") from err
     found: dict[int, Path] = {}
-    for entry in folder.iterdir():
-        m = rx.match(entry.name)
-        if m and entry.is_file():
-            found[int(m.group(1))] = folder / entry.name
+    for name in names:
+        frame = seq.frame_of(name)
+        if frame is None:
+            continue
+        path = Path(seq.folder + name)
+        if frame in found:
+            raise InputError(f"{path}: frame {frame} is also {found[frame].name}")
+        found[frame] = path
     return dict(sorted(found.items()))
 
 
@@ -157,11 +213,12 @@ def resolve_sequence(pattern: str | Path, frames: str = "") -> dict[int, Path]:
     frame of the requested range.
     """
     found = find_frames(pattern)
+    seq = parse_pattern(pattern)
     if not found:
+        if seq is not None and not seq.directory().is_dir():
+            raise InputError(f"{pattern}: no files found (no folder {seq.directory()})")
         raise InputError(f"{pattern}: no files found")
-    if parse_pattern(pattern) is None:
-        return found
-    if not frames:
+    if seq is None or not frames:
         return found
     wanted = parse_frame_range(frames)
     missing = [f for f in wanted if f not in found]
@@ -219,17 +276,128 @@ class ImageData:
         return np.stack([self.channel(n) for n in names], axis=-1)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_REASON_CHARS = 200
+_FORMAT_NAMES = {"openexr": "EXR", "jpeg": "JPEG", "tiff": "TIFF", "png": "PNG", "dpx": "DPX"}
+
+
+def _error_text(source: Any = None) -> str:
+    """The pending OpenImageIO error of `source` (an ImageInput) or of this thread, as one line.
+
+    Reading clears it. OIIO's messages may quote bytes of a corrupt header, which its binding
+    fails to decode as UTF-8: those bytes are decoded with `errors="replace"`.
+    """
+    try:
+        text = (source if source is not None else _oiio()).geterror()
+    except UnicodeDecodeError as err:
+        raw = err.object
+        text = bytes(raw).decode("utf-8", errors="replace")
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    lines = []
+    for line in str(text).splitlines():
+        line = " ".join("".join(c if c.isprintable() else "?" for c in line).split())
+        if line and line not in lines:
+            lines.append(line)
+    joined = "; ".join(lines)
+    if len(joined) > _MAX_REASON_CHARS:
+        joined = joined[: _MAX_REASON_CHARS - 3] + "..."
+    return joined
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn what OpenImageIO's binding raises on a broken file into one `InputError` line."""
+    try:
+        yield
+    except UnicodeDecodeError as err:  # header text (channel, attribute) that is not UTF-8
+        raise InputError(f"{path}: corrupt header (text that is not UTF-8)") from err
+    except RuntimeError as err:  # a C++ exception out of the reader
+        raise InputError(f"{path}: unreadable ({_one_line(str(err)) or 'reader failed'})") from err
+
+
+def _check_png(path: Path) -> None:
+    """Walk a PNG's chunks and check their CRCs before libpng sees the file.
+
+    libpng prints its errors on stderr itself (two lines for one bad file), so truncated and
+    corrupt PNGs are caught here, with the byte where they go wrong.
+    """
+    data = memoryview(path.read_bytes())
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise InputError(f"{path}: truncated PNG ({len(data)} bytes, no IEND chunk)")
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+        end = pos + 12 + length
+        if end > len(data):
+            raise InputError(
+                f"{path}: truncated PNG (chunk {name} at byte {pos} needs {end} bytes, "
+                f"file has {len(data)})"
+            )
+        if pos == len(_PNG_SIGNATURE) and kind != b"IHDR":
+            raise InputError(f"{path}: corrupt PNG (first chunk is {name}, not IHDR)")
+        crc = int.from_bytes(data[end - 4 : end], "big")
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            raise InputError(f"{path}: corrupt PNG (chunk {name} at byte {pos} fails its CRC)")
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+@lru_cache(maxsize=1)
+def _extension_formats() -> dict[str, frozenset[str]]:
+    """File extension → the OpenImageIO formats that claim it (`exr` → {openexr})."""
+    formats: dict[str, set[str]] = {}
+    for entry in str(_oiio().get_string_attribute("extension_list")).split(";"):
+        fmt, _, exts = entry.partition(":")
+        for ext in exts.split(","):
+            if ext:
+                formats.setdefault(ext.lower(), set()).add(fmt)
+    return {ext: frozenset(fmts) for ext, fmts in formats.items()}
+
+
+def _check_format(path: Path, found: str) -> None:
+    """A file whose content is another format than its extension says (a PNG named .exr)."""
+    ext = path.suffix.lstrip(".").lower()
+    expected = _extension_formats().get(ext)
+    if not expected or found in expected:
+        return
+    exts = sorted(e for e, fmts in _extension_formats().items() if found in fmts)
+    better = f"; rename it to .{exts[0]}" if len(exts) == 1 else ""
+    label = _FORMAT_NAMES.get(found, found.upper())
+    raise InputError(f"{path}: a {label} file named .{ext}{better}")
+
+
 def _open(path: Path) -> Any:
+    """An open ImageInput of `path`, or `InputError` naming the file and why not."""
     oiio = _oiio()
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        msg = oiio.geterror().strip().splitlines()
-        reason = msg[-1] if msg else "unreadable"
-        raise InputError(f"{path}: cannot open image ({reason})")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_PNG_SIGNATURE))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from err
+    if not head:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if head == _PNG_SIGNATURE:
+        _check_png(path)
+    _error_text()  # drop an error an earlier call left in this thread
+    with _reading(path):
+        inp = oiio.ImageInput.open(str(path))
+        if inp is None:
+            raise InputError(f"{path}: cannot open image ({_error_text() or 'unknown format'})")
+        try:
+            _check_format(path, inp.format_name())
+        except BaseException:
+            inp.close()
+            raise
     return inp
 
 
@@ -240,7 +408,7 @@ def _parts(inp: Any) -> list[Any]:
         specs.append(inp.spec().copy() if hasattr(inp.spec(), "copy") else inp.spec())
         index += 1
     inp.seek_subimage(0, 0)
-    inp.geterror()  # clears the error left by seeking one past the last part
+    _error_text(inp)  # clears the error left by seeking one past the last part
     return specs
 
 
@@ -286,62 +454,103 @@ def read_image(
     Returns:
         `ImageData` whose `pixels` are float32 (H, W, C) in the display window. Integer files are
         normalised to 0..1 by OpenImageIO (8-bit /255, 16-bit /65535).
+
+    Raises:
+        InputError: one line naming the file for a missing, empty, truncated, corrupt,
+            mis-named (a PNG named .exr), deep or volume file, or a folder.
     """
-    path = Path(path)
+    return _read(Path(path), channels, part)[0]
+
+
+def _read(
+    path: Path, channels: Sequence[str] | None, part: int | str | None
+) -> tuple[ImageData, int]:
+    """The image (as `read_image`) and the number of parts in the file."""
     inp = _open(path)
     try:
-        specs = _parts(inp)
-        if not specs:
-            raise InputError(f"{path}: no image in file")
-        index = _choose_part(path, specs, part)
-        if not inp.seek_subimage(index, 0):
-            raise InputError(f"{path}: cannot seek to part {index}")
-        spec = inp.spec()
-        if spec.deep:
-            raise InputError(f"{path}: deep image (not supported; flatten it first)")
-        names = tuple(spec.channelnames)
-        if channels is not None:
-            missing = [c for c in channels if c not in names]
-            if missing:
-                raise InputError(f"{path}: no channel {missing[0]!r} (has {', '.join(names)})")
-        data = inp.read_image(index, 0, 0, spec.nchannels, "float")
-        if data is None:
-            err = inp.geterror().strip().splitlines()
-            reason = err[-1] if err else "read failed"
-            raise InputError(f"{path}: truncated or corrupt ({reason})")
-        err_text = inp.geterror()
-        if err_text:
-            raise InputError(f"{path}: truncated or corrupt ({err_text.strip().splitlines()[-1]})")
-        data = np.asarray(data, dtype=np.float32)
-        if data.ndim == 2:
-            data = data[..., None]
-        if data.ndim == 4:  # volumetric: not an image for us
-            raise InputError(f"{path}: volume images are not supported")
-        display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
-        window = (spec.x, spec.y, spec.width, spec.height)
-        pixels = _place_in_display(data, window, display)
-        formats = tuple(str(f) for f in spec.channelformats) or (str(spec.format),) * len(names)
-        if channels is not None:
-            pixels = np.ascontiguousarray(pixels[..., [names.index(c) for c in channels]])
-            formats = tuple(formats[names.index(c)] for c in channels)
-            names = tuple(channels)
-        return ImageData(
-            path=path,
-            pixels=pixels,
-            channels=names,
-            display_window=display,
-            data_window=window,
-            channel_formats=formats,
-            compression=spec.get_string_attribute("compression"),
-            attributes=_attributes(spec),
-            file_format=inp.format_name(),
-            bits_per_sample=int(spec.get_int_attribute("oiio:BitsPerSample", 0))
-            or spec.format.size() * 8,
-            part=index,
-            part_name=spec.get_string_attribute("name"),
-        )
+        with _reading(path):
+            return _read_open(inp, path, channels, part)
     finally:
         inp.close()
+
+
+def _check_spec(path: Path, spec: Any) -> None:
+    """Windows and sizes a corrupt header can hold, refused before any pixel is allocated."""
+    if spec.width < 1 or spec.height < 1 or spec.nchannels < 1:
+        raise InputError(
+            f"{path}: corrupt header ({spec.width}x{spec.height}, {spec.nchannels} channels)"
+        )
+    if spec.full_width < 1 or spec.full_height < 1:
+        raise InputError(
+            f"{path}: corrupt header (display window {spec.full_width}x{spec.full_height})"
+        )
+    limit_mib = int(_oiio().get_int_attribute("limits:imagesize_MB", 32768))
+    mib = spec.full_width * spec.full_height * spec.nchannels * 4 / 2**20
+    if limit_mib > 0 and mib > limit_mib:
+        raise InputError(
+            f"{path}: corrupt header? display window {spec.full_width}x{spec.full_height} "
+            f"needs {mib:.0f} MiB (OpenImageIO's limit is {limit_mib} MiB)"
+        )
+
+
+def _read_open(
+    inp: Any, path: Path, channels: Sequence[str] | None, part: int | str | None
+) -> tuple[ImageData, int]:
+    specs = _parts(inp)
+    if not specs:
+        raise InputError(f"{path}: no image in file ({_error_text(inp) or 'no parts'})")
+    index = _choose_part(path, specs, part)
+    if not inp.seek_subimage(index, 0):
+        raise InputError(f"{path}: cannot seek to part {index} ({_error_text(inp)})")
+    spec = inp.spec()
+    if spec.deep:
+        raise InputError(f"{path}: deep image (not supported; flatten it first)")
+    _check_spec(path, spec)
+    names = tuple(spec.channelnames)
+    if channels is not None:
+        missing = [c for c in channels if c not in names]
+        if missing:
+            raise InputError(f"{path}: no channel {missing[0]!r} (has {', '.join(names)})")
+    data = inp.read_image(index, 0, 0, spec.nchannels, "float")
+    # A truncated file may come back "read", zeros where scanlines are missing, with an error
+    # left pending: any pending error, of the file or of this thread, is a failed read.
+    reason = "; ".join(t for t in (_error_text(inp), _error_text()) if t)
+    if data is None or reason:
+        raise InputError(f"{path}: truncated or corrupt ({reason or 'read failed'})")
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim == 4:  # volumetric: not an image for us
+        raise InputError(f"{path}: volume images are not supported")
+    if data.shape != (spec.height, spec.width, spec.nchannels):
+        raise InputError(
+            f"{path}: truncated or corrupt (read {data.shape[1]}x{data.shape[0]}x{data.shape[2]}"
+            f", header says {spec.width}x{spec.height}x{spec.nchannels})"
+        )
+    display = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
+    window = (spec.x, spec.y, spec.width, spec.height)
+    pixels = _place_in_display(data, window, display)
+    formats = tuple(str(f) for f in spec.channelformats) or (str(spec.format),) * len(names)
+    if channels is not None:
+        pixels = np.ascontiguousarray(pixels[..., [names.index(c) for c in channels]])
+        formats = tuple(formats[names.index(c)] for c in channels)
+        names = tuple(channels)
+    image = ImageData(
+        path=path,
+        pixels=pixels,
+        channels=names,
+        display_window=display,
+        data_window=window,
+        channel_formats=formats,
+        compression=spec.get_string_attribute("compression"),
+        attributes=_attributes(spec),
+        file_format=inp.format_name(),
+        bits_per_sample=int(spec.get_int_attribute("oiio:BitsPerSample", 0))
+        or spec.format.size() * 8,
+        part=index,
+        part_name=spec.get_string_attribute("name"),
+    )
+    return image, len(specs)
 
 
 def _place_in_display(
@@ -419,15 +628,10 @@ class FileReport:
 def inspect(path: str | Path) -> FileReport:
     """Read a file fully and describe it; raises `InputError` on anything unreadable."""
     path = Path(path)
-    img = read_image(path)
+    img, nparts = _read(path, None, None)
     finite = np.isfinite(img.pixels)
     nan_count = int(np.isnan(img.pixels).sum())
     inf_count = int((~finite).sum()) - nan_count
-    inp = _open(path)
-    try:
-        nparts = len(_parts(inp))
-    finally:
-        inp.close()
     colourspace = str(img.attributes.get("oiio:ColorSpace", "") or "")
     return FileReport(
         path=str(path),

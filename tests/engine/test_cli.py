@@ -105,3 +105,31 @@ def test_unknown_setting_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert code == 2
     assert "setting fit.nope: unknown setting" in capsys.readouterr().err
+
+
+def test_info_reads_bare_frame_numbers_from_zero_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rgb = np.zeros((6, 8, 3), np.float32)
+    (tmp_path / "frames").mkdir()
+    for frame in (0, 1, 2, 4):
+        io.write_png(tmp_path / "frames" / f"{frame:05d}.png", rgb)
+    io.write_png(tmp_path / "frames" / "0003.png", rgb)  # other padding: not frame 3
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "frames/#####.png", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["frames"], info["count"], info["missing"]) == ("0-2 4", 4, "3")
+    monkeypatch.chdir(tmp_path / "frames")
+    assert main(["info", "%05d.png", "--frames", "0-1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["frames"], info["missing"], info["width"]) == ("0-2 4", "", 8)
+
+
+def test_info_on_negative_frames_written_as_nuke_writes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for frame in (-2, -1, 0, 1):
+        io.write_png(tmp_path / f"neg.{frame:04d}.png", np.zeros((6, 8, 3), np.float32))
+    assert (tmp_path / "neg.-002.png").is_file()
+    assert main(["info", str(tmp_path / "neg.####.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == "-2-1"

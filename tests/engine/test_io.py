@@ -30,23 +30,128 @@ def test_frame_ranges_follow_nuke_syntax() -> None:
         ("shot.%05d.exr", "shot.00042.exr"),
         ("shot.@@@.exr", "shot.042.exr"),
         ("shot.@.exr", "shot.42.exr"),
+        ("shot.%d.exr", "shot.42.exr"),
+        ("shot.#.exr", "shot.42.exr"),
+        ("#####.jpg", "00042.jpg"),
+        ("frames/%05d.png", "frames/00042.png"),
+        ("/plates/a#b/@@@@.exr", "/plates/a#b/0042.exr"),
+        ("shot010_v2.####.exr", "shot010_v2.0042.exr"),
     ],
 )
 def test_patterns_take_padding_from_the_pattern(pattern: str, expected: str) -> None:
     assert io.frame_path(pattern, 42) == Path(expected)
 
 
+@pytest.mark.parametrize(
+    ("pattern", "frame", "expected"),
+    [
+        ("p.####.exr", -1, "p.-001.exr"),  # Nuke's and printf's %04d: the sign counts
+        ("p.####.exr", -1234, "p.-1234.exr"),
+        ("p.####.exr", 12345, "p.12345.exr"),  # padding is a minimum width
+        ("p.%d.exr", -7, "p.-7.exr"),
+        ("#####.jpg", 0, "00000.jpg"),
+    ],
+)
+def test_negative_and_wide_frames_are_written_as_nuke_writes_them(
+    pattern: str, frame: int, expected: str
+) -> None:
+    assert io.frame_path(pattern, frame) == Path(expected)
+
+
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
 def test_find_frames_and_missing_frames(tmp_path: Path) -> None:
     for f in (1, 2, 4):
         io.write_exr(tmp_path / f"p.{f:04d}.exr", {"R": np.full((4, 5), f, np.float32)})
     (tmp_path / "p.0003.exr.tmp").write_text("not a frame")
-    (tmp_path / "p.12345.exr").write_text("wrong padding")
+    (tmp_path / "p.00003.exr").write_text("other padding: not frame 3")
     found = io.find_frames(tmp_path / "p.####.exr")
-    assert sorted(found) == [1, 2, 4]
-    assert io.find_frames(tmp_path / "p.@.exr").keys() >= {1, 2, 4, 12345}
+    assert found == {f: tmp_path / f"p.{f:04d}.exr" for f in (1, 2, 4)}
     with pytest.raises(InputError, match=r"p\.0003\.exr: frame 3 is missing"):
         io.resolve_sequence(tmp_path / "p.####.exr", "1-4")
     assert sorted(io.resolve_sequence(tmp_path / "p.####.exr", "1-2")) == [1, 2]
+
+
+def test_bare_frame_numbers_in_a_folder_start_at_zero(tmp_path: Path) -> None:
+    _touch(tmp_path / "frames", "00000.jpg", "00001.jpg", "00002.jpg", "00000.png", "x00003.jpg")
+    found = io.find_frames(tmp_path / "frames" / "#####.jpg")
+    assert found == {f: tmp_path / "frames" / f"{f:05d}.jpg" for f in (0, 1, 2)}
+    assert io.find_frames(f"{tmp_path}/frames/%05d.jpg") == found
+    assert sorted(io.resolve_sequence(tmp_path / "frames" / "#####.jpg", "0-1")) == [0, 1]
+
+
+def test_bare_frame_numbers_relative_to_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _touch(tmp_path, "0007.exr", "0008.exr", "notes.txt")
+    _touch(tmp_path / "frames", "00000.jpg", "00001.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert io.find_frames("@@@@.exr") == {7: Path("0007.exr"), 8: Path("0008.exr")}
+    assert io.find_frames("####.exr") == {7: Path("0007.exr"), 8: Path("0008.exr")}
+    assert io.find_frames("frames/#####.jpg") == {
+        0: Path("frames/00000.jpg"),
+        1: Path("frames/00001.jpg"),
+    }
+    assert io.find_frames("./frames/#####.jpg") == io.find_frames("frames/#####.jpg")
+    with pytest.raises(InputError, match=r"^#####\.jpg: no files found$"):
+        io.resolve_sequence("#####.jpg")
+    with pytest.raises(InputError, match=r"no folder nope"):
+        io.resolve_sequence("nope/#####.jpg")
+
+
+def test_unpadded_printf_matches_only_unpadded_names(tmp_path: Path) -> None:
+    _touch(tmp_path, "f.1.exr", "f.10.exr", "f.100.exr", "f.0002.exr", "f.-3.exr", "f..exr")
+    assert sorted(io.find_frames(tmp_path / "f.%d.exr")) == [-3, 1, 10, 100]
+    assert sorted(io.find_frames(tmp_path / "f.#.exr")) == [-3, 1, 10, 100]
+    # a single @ takes any padding
+    assert sorted(io.find_frames(tmp_path / "f.@.exr")) == [-3, 1, 2, 10, 100]
+
+
+def test_mixed_padding_does_not_match_a_fixed_padding_pattern(tmp_path: Path) -> None:
+    _touch(tmp_path, "m.0001.exr", "m.00002.exr", "m.003.exr", "m.12345.exr", "m.-001.exr")
+    _touch(tmp_path, "m.-0002.exr")  # Nuke writes -2 as -002 with ####
+    assert sorted(io.find_frames(tmp_path / "m.####.exr")) == [-1, 1, 12345]
+    assert sorted(io.find_frames(tmp_path / "m.%05d.exr")) == [-2, 2, 12345]
+    assert sorted(io.find_frames(tmp_path / "m.@@@.exr")) == [3, 12345]
+
+
+def test_any_padding_refuses_two_files_for_one_frame(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.1.exr", "a.01.exr")
+    with pytest.raises(InputError, match=r"a\.1\.exr: frame 1 is also a\.01\.exr"):
+        io.find_frames(tmp_path / "a.@.exr")
+
+
+def test_digits_in_the_prefix_are_not_the_frame(tmp_path: Path) -> None:
+    _touch(tmp_path, "shot010_v2.1001.exr", "shot010_v2.1002.exr", "shot010_v3.1003.exr")
+    _touch(tmp_path, "shot010_v21001.exr")
+    found = io.find_frames(tmp_path / "shot010_v2.####.exr")
+    assert found == {f: tmp_path / f"shot010_v2.{f}.exr" for f in (1001, 1002)}
+    seq = io.parse_pattern("a/shot010_v2.####.exr")
+    assert seq is not None and (seq.folder, seq.prefix, seq.padding) == ("a/", "shot010_v2.", 4)
+
+
+def test_negative_frames_resolve_through_a_range(tmp_path: Path) -> None:
+    _touch(tmp_path, *(f"n.{f:04d}.exr" for f in range(-3, 3)))
+    assert (tmp_path / "n.-003.exr").exists()
+    found = io.resolve_sequence(tmp_path / "n.####.exr", "-2--1 1")
+    assert found == {
+        -2: tmp_path / "n.-002.exr",
+        -1: tmp_path / "n.-001.exr",
+        1: tmp_path / "n.0001.exr",
+    }
+    assert io.format_frame_range(sorted(io.find_frames(tmp_path / "n.####.exr"))) == "-3-2"
+    assert io.parse_frame_range("-3-2") == [-3, -2, -1, 0, 1, 2]
+
+
+def test_a_single_file_is_frame_zero_and_is_not_a_pattern(tmp_path: Path) -> None:
+    _touch(tmp_path, "roi.exr")
+    assert io.parse_pattern(tmp_path / "roi.exr") is None
+    assert io.find_frames(tmp_path / "roi.exr") == {0: tmp_path / "roi.exr"}
+    assert io.resolve_sequence(tmp_path / "roi.exr", "1001-1010") == {0: tmp_path / "roi.exr"}
 
 
 def test_exr_round_trip_named_channels_types_and_attributes(tmp_path: Path) -> None:
@@ -209,3 +314,19 @@ def test_inspect_reports_nan_and_inf(tmp_path: Path) -> None:
     data[1, 1] = np.inf
     report = io.inspect(io.write_exr(tmp_path / "n.exr", {"R": data}, pixel_types={"R": "float"}))
     assert (report.nan_count, report.inf_count) == (1, 1)
+
+
+CLIPS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "clips"
+
+
+@pytest.mark.slow
+def test_a_davis_clip_of_bare_frame_numbers_is_a_sequence_from_zero() -> None:
+    frames_dir = CLIPS / "bear" / "frames"
+    if not frames_dir.is_dir():
+        pytest.skip("../shared/data/clips/bear is not here")
+    names = sorted(p.name for p in frames_dir.iterdir() if p.suffix == ".jpg")
+    found = io.find_frames(frames_dir / "#####.jpg")
+    assert [p.name for p in found.values()] == names
+    assert sorted(found) == list(range(len(names)))
+    first = io.read_image(found[0])
+    assert first.file_format == "jpeg" and first.pixels.shape[2] == 3

@@ -1,0 +1,237 @@
+"""Broken image files exit 2 with one line naming the file (issue #14): `rna-engine info`, reads.
+
+Every file here is written by the test: a real EXR, PNG or JPEG cut short at several offsets,
+garbage, a wrong magic number, an empty file, a PNG named .exr, a folder named like a frame and
+an EXR header whose error message is not UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rna_engine import io
+from rna_engine.cli import main
+from rna_engine.context import RunContext
+from rna_engine.errors import InputError
+from rna_engine.pipeline import ingest, validate_inputs
+from rna_engine.settings import spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+
+
+def _rgb(width: int = 40, height: int = 30, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((height, width, 3)).astype(np.float32)
+
+
+def _good(folder: Path, kind: str) -> Path:
+    """A real file of `kind` (exr, png, jpg) that reads back."""
+    rgb = _rgb()
+    if kind == "exr":
+        path = io.write_exr(folder / "good.exr", {c: rgb[..., i] for i, c in enumerate("RGB")})
+    elif kind == "png":
+        path = io.write_png(folder / "good.png", rgb)
+    else:
+        path = io.write_image(folder / "good.jpg", rgb, bits=8)
+    assert io.read_image(path).pixels.shape == (30, 40, 3)
+    return path
+
+
+def _cut(keep: Callable[[int], int]) -> Callable[[bytes], bytes]:
+    return lambda data: data[: keep(len(data))]
+
+
+TRUNCATIONS = {
+    "8 bytes": _cut(lambda n: 8),
+    "half": _cut(lambda n: n // 2),
+    "last 100 bytes": _cut(lambda n: n - 100),
+}
+
+
+def _bad_file(folder: Path, case: str) -> Path:
+    """A broken file for `case`, named like a frame of a plate."""
+    if case.startswith("truncated "):
+        kind, how = case.removeprefix("truncated ").split(" ", 1)
+        good = _good(folder, kind)
+        path = folder / f"plate.0002.{kind}"
+        path.write_bytes(TRUNCATIONS[how](good.read_bytes()))
+        return path
+    path = folder / "plate.0002.exr"
+    if case == "garbage header":
+        path.write_bytes(bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)))
+    elif case == "wrong magic":
+        path.write_bytes(b"\x00\x00\x00\x00" + _good(folder, "exr").read_bytes()[4:])
+    elif case == "zero bytes":
+        path.write_bytes(b"")
+    elif case == "png named exr":
+        path.write_bytes(_good(folder, "png").read_bytes())
+    elif case == "folder":
+        path.mkdir()
+    elif case == "header not utf-8":
+        # An attribute whose name holds bytes that are not UTF-8: OpenEXR quotes it in its error
+        # message, which OpenImageIO's binding then failed to decode (exit 1, issue #14).
+        path.write_bytes(
+            EXR_MAGIC
+            + b"\x02\x00\x00\x00"
+            + b"chan\xfe\xffels\x00chlist\x00"
+            + (1000).to_bytes(4, "little")
+            + b"\x00" * 16
+        )
+    else:
+        raise AssertionError(case)
+    return path
+
+
+CASES = [f"truncated {kind} {how}" for kind in ("exr", "png", "jpg") for how in TRUNCATIONS]
+CASES += ["garbage header", "wrong magic", "zero bytes", "png named exr", "folder"]
+CASES += ["header not utf-8"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_info_on_a_broken_file_exits_2_with_one_line_naming_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], case: str
+) -> None:
+    path = _bad_file(tmp_path, case)
+    capfd.readouterr()
+    # capfd, not capsys: a C library writing to fd 2 (libpng does) would be a second line.
+    assert main(["info", str(path)]) == 2
+    out, err = capfd.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0]
+    assert "Traceback" not in err and "internal error" not in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_read_image_raises_input_error_naming_the_file(tmp_path: Path, case: str) -> None:
+    path = _bad_file(tmp_path, case)
+    with pytest.raises(InputError) as err:
+        io.read_image(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("truncated exr half", "truncated or corrupt"),
+        ("truncated exr last 100 bytes", "truncated or corrupt"),
+        ("truncated png 8 bytes", "truncated PNG"),
+        ("truncated png last 100 bytes", "truncated PNG"),
+        ("truncated jpg half", "truncated or corrupt"),
+        ("zero bytes", "empty file (0 bytes)"),
+        ("png named exr", "a PNG file named .exr; rename it to .png"),
+        ("folder", "is a folder, not an image"),
+        ("header not utf-8", "Attribute 'chan\ufffd\ufffdels'"),
+    ],
+)
+def test_the_line_says_what_is_wrong(tmp_path: Path, case: str, reason: str) -> None:
+    path = _bad_file(tmp_path, case)
+    with pytest.raises(InputError) as err:
+        io.inspect(path)
+    assert reason in str(err.value)
+
+
+def test_a_corrupt_png_chunk_is_found_by_its_crc(tmp_path: Path) -> None:
+    data = bytearray(_good(tmp_path, "png").read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat + 20] ^= 0x55
+    path = tmp_path / "flipped.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        io.read_image(path)
+    assert str(err.value) == f"{path}: corrupt PNG (chunk IDAT at byte {idat - 4} fails its CRC)"
+
+
+@pytest.mark.parametrize("case", ["truncated exr half", "header not utf-8", "truncated png half"])
+def test_info_in_a_real_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    path = _bad_file(tmp_path, case)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNA_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "rna_engine", "info", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and str(path) in lines[0], done.stderr
+    assert done.stdout == ""
+
+
+def test_info_on_a_sequence_names_the_broken_frame(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    rgb = _rgb()
+    for frame in range(4):
+        io.write_png(tmp_path / f"{frame:05d}.png", rgb)
+    culprit = tmp_path / "00002.png"
+    culprit.write_bytes(culprit.read_bytes()[:-100])
+    capfd.readouterr()
+    assert main(["info", str(tmp_path / "#####.png")]) == 2
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert f"{culprit}: truncated PNG" in lines[0]
+
+
+def test_a_folder_named_like_a_frame_is_named_not_skipped(tmp_path: Path) -> None:
+    rgb = _rgb()
+    for frame in (1, 3):
+        io.write_exr(tmp_path / f"p.{frame:04d}.exr", {c: rgb[..., i] for i, c in enumerate("RGB")})
+    (tmp_path / "p.0002.exr").mkdir()
+    found = io.resolve_sequence(tmp_path / "p.####.exr", "1-3")
+    assert sorted(found) == [1, 2, 3]
+    with pytest.raises(InputError, match=r"p\.0002\.exr: is a folder, not an image$"):
+        io.read_image(found[2])
+
+
+def _plate(folder: Path, frames: range, culprit: int, kind: str = "exr") -> dict:
+    """A 32x24 plate (`kind` files) with frame `culprit` truncated, an ROI and a build spec."""
+    rgb = _rgb(32, 24)
+    (folder / "plate").mkdir()
+    for frame in frames:
+        path = folder / "plate" / f"plate.{frame:04d}.{kind}"
+        if kind == "exr":
+            io.write_exr(path, {c: rgb[..., i] for i, c in enumerate("RGB")}, compression="none")
+        else:
+            io.write_png(path, rgb)
+    bad = folder / "plate" / f"plate.{culprit:04d}.{kind}"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    roi = np.zeros((24, 32), np.float32)
+    roi[6:18, 8:24] = 1.0
+    io.write_exr(folder / "roi.exr", {"A": roi})
+    return {
+        "plate": str(folder / "plate" / f"plate.####.{kind}"),
+        "roi": str(folder / "roi.exr"),
+        "reference_frame": frames[0],
+        "settings": {"preset": "draft", "ingest": {"working_long_side": 32}},
+    }
+
+
+@pytest.mark.parametrize("kind", ["exr", "png"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ingest_names_a_truncated_middle_frame(tmp_path: Path, kind: str, workers: int) -> None:
+    spec = spec_from_dict(_plate(tmp_path, range(1001, 1007), culprit=1004, kind=kind))
+    validate_inputs(spec)  # cheap checks read the first frame only
+    with pytest.raises(InputError) as err:
+        ingest(spec, RunContext(io_workers=workers))
+    culprit = tmp_path / "plate" / f"plate.1004.{kind}"
+    assert str(err.value).startswith(f"{culprit}: truncated")
+    assert "\n" not in str(err.value)
+
+
+def test_validate_inputs_names_a_truncated_first_frame(tmp_path: Path) -> None:
+    spec = spec_from_dict(_plate(tmp_path, range(1001, 1004), culprit=1001))
+    with pytest.raises(InputError) as err:
+        validate_inputs(spec)
+    assert str(err.value).startswith(f"{tmp_path / 'plate' / 'plate.1001.exr'}: truncated")
