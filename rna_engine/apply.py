@@ -124,7 +124,8 @@ def apply_frame(
     Returns:
         `{"comp", "paint", "delta", "matte"}` → (H, W, 4) float32 RGBA, see the module docstring.
         Where nothing is edited (delta exactly 0 after the threshold) the comp's RGB are the
-        plate's values bit for bit, its alpha and the paint element are +0.0.
+        plate's values bit for bit, its alpha and the paint element are +0.0; so is every comp
+        channel whose paint is 0 (e.g. with mix 0).
     """
     plate_rgb = _rgb(plate)
     height, width = plate_rgb.shape[:2]
@@ -160,9 +161,10 @@ def apply_frame(
         mix = np.float32(settings.mix)
         paint = np.concatenate([paint_rgb, (m * edited_f)[..., None]], axis=-1) * mix
     # Where nothing was painted the comp *is* the plate: `plate + 0` would turn a −0.0 plate
-    # value into +0.0, and a NaN/inf in the matte or shade would make `0 · x` a NaN.
+    # value into +0.0, and a NaN/inf in the matte or shade would make `0 · x` a NaN. The same
+    # holds per channel wherever the paint is 0 (mix 0, a delta in red only).
     paint = np.where(edited[..., None], paint, np.float32(0.0))
-    comp_rgb = np.where(edited[..., None], plate_rgb + paint[..., :3], plate_rgb)
+    comp_rgb = np.where(paint[..., :3] == 0, plate_rgb, plate_rgb + paint[..., :3])
     comp = np.concatenate([comp_rgb, paint[..., 3:]], axis=-1)
     tint = np.float32(OVERLAY_OPACITY) * m
     overlay = plate_rgb * (np.float32(1.0) - tint)[..., None]

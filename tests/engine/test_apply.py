@@ -144,6 +144,21 @@ def test_unpainted_atlas_gives_the_plate_bit_for_bit(plate_type: str) -> None:
             assert_bits_equal(out["paint"], np.zeros((H, W, 4), np.float32))
 
 
+def test_mix_zero_and_single_channel_paint_keep_the_plate_bits() -> None:
+    scene = _scene()
+    plate = awkward_plate("float")
+    plate[H // 2, W // 2 + 1] = [-0.0, -0.0, 0.3]
+    edited = scene["atlas"].copy()
+    edited[..., 2] += 0.25  # blue only: red and green of the paint are exactly 0
+    passes = _passes(identity_stmap(H, W), scene["matte"], scene["shade"])
+    none = apply_frame(plate, scene["atlas"], edited, passes, _settings(mix=0.0))
+    assert_bits_equal(none["comp"][..., :3], plate)
+    blue = apply_frame(plate, scene["atlas"], edited, passes, _settings())
+    assert_bits_equal(blue["comp"][..., :2], plate[..., :2])
+    inside = scene["matte"] > 0
+    assert (blue["comp"][..., 2][inside] != plate[..., 2][inside]).all()
+
+
 def test_paint_lands_where_the_uv_points() -> None:
     scene = _scene()
     scene["matte"][:] = 1.0

@@ -223,3 +223,19 @@ def test_sharpening_order_of_the_sinc_filters() -> None:
     uv[..., 0] += 0.5 / 24  # halfway between pixel centres
     undershoot = [float(sample_stmap(image, uv, n)[0, :12, 0].min()) for n in INTERPOLATING[5:]]
     assert undershoot[0] > undershoot[1] > undershoot[2] and undershoot[0] < 0
+
+
+@pytest.mark.parametrize(
+    "name,k0,k1",
+    [("mitchell", 8 / 9, 1 / 18), ("parzen", 2 / 3, 1 / 6), ("notch", 1 / 2, 1 / 4)],
+)
+def test_identity_with_blurring_cubics_spreads_a_texel_by_k0_k1(
+    name: str, k0: float, k1: float
+) -> None:
+    # B > 0: k(0) = (6 − 2B)/6, k(±1) = B/6, so the identity map blurs a single texel separably.
+    image = np.zeros((5, 5, 1), np.float32)
+    image[2, 2] = 1.0
+    out = sample_stmap(image, identity_stmap(5, 5), name)[..., 0]
+    want = np.zeros((5, 5))
+    want[1:4, 1:4] = np.outer([k1, k0, k1], [k1, k0, k1])
+    np.testing.assert_allclose(out, want, atol=1e-6)
