@@ -13,6 +13,10 @@ with the same filter (so unpainted texels cancel exactly), `m = matte · mask`, 
              delta         = delta.rgb, alpha = edited
              matte overlay = plate · (1 − m/2) + (m/2, 0, 0),  alpha = m
 
+Where nothing is edited the comp is the plate **bit for bit** (not `plate + 0.0`, which turns −0.0
+into +0.0, nor `0 · NaN` from a bad shade texel), and files are written in the plate's own pixel
+type (`output_pixel_types`): an unpainted atlas returns a float or half plate unchanged.
+
 The paint element's rgb is already weighted by its coverage (alpha), i.e. premultiplied; it is
 merged with **plus** (not over), which is exactly what the comp does. The gizmo computes the same
 expressions node by node; `tests/nuke/test_rnaapply_eval.py` evaluates it against this module.
@@ -33,13 +37,15 @@ from . import CACHE_FORMAT_VERSION, __version__
 from .cache import MATTE, SHADE, UV_U, UV_V, BuildPaths, version_dirs
 from .errors import InputError
 from .progress import CancelToken, NullReporter, Reporter
-from .stmap import CUBIC_BC, sample_stmap
+from .stmap import FILTERS, sample_stmap
 
 log = logging.getLogger(__name__)
 
 MODES = ("delta", "replace")
 OUTPUTS = ("comp", "paint", "delta", "matte")
-APPLY_FILTERS = ("impulse", "linear", *CUBIC_BC)
+APPLY_FILTERS = (*FILTERS, "bilinear")
+"""Accepted `filter` names (case-insensitive): Nuke's STMap menu, `linear` and its alias
+`bilinear`."""
 OVERLAY_OPACITY = 0.5
 """Strength of the red tint of the matte overlay (a QC view, not a setting)."""
 ASPECT_TOLERANCE = 0.01
@@ -62,7 +68,8 @@ class ApplySettings:
     output: Literal["comp", "paint", "delta", "matte"] = "comp"
     """What is written: the comp, the paint element, the delta, or the matte overlay."""
     filter: str = "cubic"
-    """STMap filter of both atlas lookups (Nuke's name; `linear` is test-only)."""
+    """STMap filter of both atlas lookups: Nuke's name (impulse, cubic, keys, simon, rifman,
+    mitchell, parzen, notch, lanczos4, lanczos6, sinc4), or `linear`/`bilinear` (not in Nuke)."""
     use_shade: bool = True
     """Multiply the paint by the cached shading `rna_shade` (else by 1)."""
     replace_min_matte: float = 0.95
@@ -116,6 +123,9 @@ def apply_frame(
 
     Returns:
         `{"comp", "paint", "delta", "matte"}` → (H, W, 4) float32 RGBA, see the module docstring.
+        Where nothing is edited (delta exactly 0 after the threshold) the comp's RGB are the
+        plate's values bit for bit, its alpha and the paint element are +0.0; so is every comp
+        channel whose paint is 0 (e.g. with mix 0).
     """
     plate_rgb = _rgb(plate)
     height, width = plate_rgb.shape[:2]
@@ -134,6 +144,7 @@ def apply_frame(
             f"plate is {width}x{height} but the cache passes are {uv.shape[1]}x{uv.shape[0]}"
         )
     filt = settings.filter.lower()
+    filt = "linear" if filt == "bilinear" else filt
     edit = sample_stmap(_rgb(atlas_edit), uv, filt)
     orig = sample_stmap(_rgb(atlas_orig), uv, filt)
     delta = edit - orig
@@ -142,13 +153,19 @@ def apply_frame(
     edited_f = edited.astype(np.float32)
     m = matte if mask is None else matte * np.asarray(mask, dtype=np.float32)
 
-    paint_rgb = (m[..., None] * shade) * delta
-    if settings.mode == "replace":
-        full = edited & (m >= np.float32(settings.replace_min_matte))
-        paint_rgb = np.where(full[..., None], shade * edit - plate_rgb, paint_rgb)
-    mix = np.float32(settings.mix)
-    paint = np.concatenate([paint_rgb, (m * edited_f)[..., None]], axis=-1) * mix
-    comp = np.concatenate([paint[..., :3] + plate_rgb, paint[..., 3:]], axis=-1)
+    with np.errstate(invalid="ignore"):  # 0 · inf in unedited pixels: discarded below
+        paint_rgb = (m[..., None] * shade) * delta
+        if settings.mode == "replace":
+            full = edited & (m >= np.float32(settings.replace_min_matte))
+            paint_rgb = np.where(full[..., None], shade * edit - plate_rgb, paint_rgb)
+        mix = np.float32(settings.mix)
+        paint = np.concatenate([paint_rgb, (m * edited_f)[..., None]], axis=-1) * mix
+    # Where nothing was painted the comp *is* the plate: `plate + 0` would turn a −0.0 plate
+    # value into +0.0, and a NaN/inf in the matte or shade would make `0 · x` a NaN. The same
+    # holds per channel wherever the paint is 0 (mix 0, a delta in red only).
+    paint = np.where(edited[..., None], paint, np.float32(0.0))
+    comp_rgb = np.where(paint[..., :3] == 0, plate_rgb, plate_rgb + paint[..., :3])
+    comp = np.concatenate([comp_rgb, paint[..., 3:]], axis=-1)
     tint = np.float32(OVERLAY_OPACITY) * m
     overlay = plate_rgb * (np.float32(1.0) - tint)[..., None]
     overlay[..., 0] += tint
@@ -258,6 +275,23 @@ def _read_passes(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
     return {n: image.channel(n) for n in names}, (image.width, image.height)
 
 
+def output_pixel_types(plate_formats: Sequence[str]) -> dict[str, str]:
+    """EXR pixel type of each output channel R, G, B, A from the plate's R, G, B formats.
+
+    A half channel stays half; any other (float, 8/16/32-bit integer, double) is written as
+    float, which holds the float32 value it was read as exactly (EXR has no double). Alpha is
+    half only when all three colour channels are.
+
+    >>> output_pixel_types(["half", "half", "float"])
+    {'R': 'half', 'G': 'half', 'B': 'float', 'A': 'float'}
+    """
+    types = {
+        n: "half" if f == "half" else "float" for n, f in zip("RGB", plate_formats, strict=True)
+    }
+    types["A"] = "half" if all(t == "half" for t in types.values()) else "float"
+    return types
+
+
 def apply_sequence(
     build_dir: str | Path,
     atlas: str | Path,
@@ -281,7 +315,8 @@ def apply_sequence(
         mask: optional mask sequence; its alpha (else its only channel) multiplies the matte.
 
     Returns:
-        The written files, in frame order. Outputs are half RGBA EXR, zips.
+        The written files, in frame order: RGBA EXR, zips, in the plate's own pixel type
+        (`output_pixel_types`), so an unpainted atlas writes the plate back bit for bit.
     """
     from . import io
 
@@ -328,7 +363,8 @@ def apply_sequence(
                 f"{plate_image.path}: plate is {plate_image.width}x"
                 f"{plate_image.height} but the cache is {width}x{height}"
             )
-        plate_rgb = plate_image.select(io.rgb_channel_names(plate_image.channels))
+        plate_names = io.rgb_channel_names(plate_image.channels)
+        plate_rgb = plate_image.select(plate_names)
         mask_array = None
         if mask is not None:
             mask_image = io.read_image(io.frame_path(mask, frame))
@@ -336,9 +372,12 @@ def apply_sequence(
         result = apply_frame(plate_rgb, atlas_orig, atlas_edit, passes, settings, mask_array)
         rgba = result[settings.output]
         target = io.frame_path(out, frame)
-        io.write_rgba_exr(
+        formats = dict(zip(plate_image.channels, plate_image.channel_formats, strict=True))
+        types = output_pixel_types([formats[name] for name in plate_names])
+        io.write_exr(
             target,
-            rgba,
+            {name: rgba[..., i] for i, name in enumerate(types)},
+            pixel_types=types,
             attributes={
                 "rna/frame": frame,
                 "rna/version": CACHE_FORMAT_VERSION,

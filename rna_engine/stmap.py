@@ -34,12 +34,19 @@ CUBIC_BC: dict[str, tuple[float, float]] = {
     "parzen": (1.0, 0.0),
     "notch": (1.5, -0.25),
 }
-FILTERS: tuple[str, ...] = ("impulse", "linear", *CUBIC_BC)
-"""Filter names `sample_stmap` accepts (lower case). `linear` is not a Nuke STMap filter: it is
-the bilinear reference used by tests. Lanczos4/6 and Sinc4 are not implemented."""
+# Radius `a` of Nuke's windowed-sinc filters, k(d) = sinc(d)·sinc(d/a) for |d| < a. Nuke's
+# NDK lists them after the cubics (DD::Image::Filter: Lanczos4, Lanczos6, Sinc4) and its
+# Filter::Coefficients carry a `normalize` factor "to make it sum to 1"; the Foundry page orders
+# them by sharpening (Lanczos4 least, Sinc4 most). The radii (the name's number = support width
+# for Lanczos, = radius for Sinc4) are our reading, not a quoted formula — see `FILTERS_NOTE`.
+WINDOWED_SINC_RADIUS: dict[str, int] = {"lanczos4": 2, "lanczos6": 3, "sinc4": 4}
+FILTERS: tuple[str, ...] = ("impulse", "linear", *CUBIC_BC, *WINDOWED_SINC_RADIUS)
+"""Filter names `sample_stmap` accepts (lower case): Nuke's STMap filter menu in its order, plus
+`linear`, which is not a Nuke STMap filter but the bilinear reference used by the bake and tests."""
 FILTERS_NOTE = (
     "Nuke's Cubic/Keys/Simon/Rifman/Mitchell/Parzen/Notch are taken as Mitchell-Netravali "
-    "cubics with (B, C) = (0, 0), (0, 1/2), (0, 3/4), (0, 1), (1/3, 1/3), (1, 0), (3/2, -1/4)."
+    "cubics with (B, C) = (0, 0), (0, 1/2), (0, 3/4), (0, 1), (1/3, 1/3), (1, 0), (3/2, -1/4); "
+    "Lanczos4/Lanczos6/Sinc4 as sinc(d)*sinc(d/a) with a = 2, 3, 4, weights normalised to sum 1."
 )
 
 
@@ -154,6 +161,15 @@ def cubic_weight(distance: np.ndarray, b: float, c: float) -> np.ndarray:
     return np.where(d < 1.0, near, np.where(d < 2.0, far, 0.0)) / 6.0
 
 
+def windowed_sinc_weight(distance: np.ndarray, radius: int) -> np.ndarray:
+    """Lanczos kernel k(d) = sinc(d)·sinc(d/a) for |d| < a (0 beyond), `sinc(x) = sin(πx)/(πx)`.
+
+    Unlike the cubics its taps do not sum to exactly 1; `_taps` normalises them, as Nuke does.
+    """
+    d = np.abs(np.asarray(distance, dtype=np.float64))
+    return np.where(d < radius, np.sinc(d) * np.sinc(d / radius), 0.0)
+
+
 def _taps(pos_px: np.ndarray, size: int, filt: str) -> tuple[np.ndarray, np.ndarray]:
     """Tap indices (clamped to the image: edge pixels repeat) and weights along one axis.
 
@@ -174,12 +190,20 @@ def _taps(pos_px: np.ndarray, size: int, filt: str) -> tuple[np.ndarray, np.ndar
         t = centre - i0
         index = np.stack([i0, i0 + 1.0], axis=-1)
         weight = np.stack([1.0 - t, t], axis=-1)
-    else:
+    elif filt in CUBIC_BC:
         b, c = CUBIC_BC[filt]
         centre = pos_px - 0.5
         i0 = np.floor(centre)
         index = i0[..., None] + np.array([-1.0, 0.0, 1.0, 2.0])
         weight = cubic_weight(centre[..., None] - index, b, c)
+    else:
+        radius = WINDOWED_SINC_RADIUS[filt]
+        centre = pos_px - 0.5
+        i0 = np.floor(centre)
+        index = i0[..., None] + np.arange(1 - radius, radius + 1, dtype=np.float64)
+        weight = windowed_sinc_weight(centre[..., None] - index, radius)
+        # Normalised before the edge clamp, as Nuke's Filter::Coefficients::normalize does.
+        weight = weight / weight.sum(axis=-1, keepdims=True)
     index = np.clip(index, 0, size - 1).astype(np.int64)
     return index, weight.astype(np.float32)
 
@@ -195,6 +219,8 @@ def sample_stmap(image: np.ndarray, uv_stmap: np.ndarray, filter: str = "cubic")
         box by repeating the edge pixels, and the atlas's bounding box is its format. `impulse`
         returns the pixel containing the point (`floor(u·W)`, `floor(v·H)` counted from the
         bottom), so the identity map returns the image exactly.
+        Cubic kernels span 4 taps per axis, Lanczos4/Lanczos6/Sinc4 span 4/6/8 taps and are
+        normalised to sum to 1 (`FILTERS_NOTE`).
         Not modelled: Nuke widens the kernel when the map minifies (its footprint follows the UV
         derivatives and the `blur` channel); at the cache's ~1:1 scale the kernel is unit-width.
 

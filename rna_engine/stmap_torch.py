@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .stmap import CUBIC_BC, FILTERS
+from .stmap import CUBIC_BC
+
+FILTERS: tuple[str, ...] = ("impulse", "linear", *CUBIC_BC)
+"""Filters of the twin: `stmap.FILTERS` less the windowed sincs, which only `rna-engine apply`
+(numpy) uses; the bake samples with `linear`."""
 
 
 def uv_norm_to_stmap(uv_norm: Tensor, working_width: int, working_height: int) -> Tensor:
@@ -67,7 +71,7 @@ def sample_stmap(image: Tensor, uv_stmap: Tensor, filter: str = "cubic") -> Tens
     Args:
         image: (H, W, C) float32, the source, on the device of `uv_stmap`.
         uv_stmap: (h, w, 2) float32 STMap coordinates (origin bottom-left, centres at +0.5).
-        filter: one of `stmap.FILTERS` (case-insensitive).
+        filter: one of `FILTERS` (case-insensitive).
 
     Returns:
         (h, w, C) float32.

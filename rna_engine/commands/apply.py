@@ -35,7 +35,9 @@ def populate(parser: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="PATTERN",
-        help="output EXR pattern, e.g. comp/comp.####.exr",
+        help="output EXR pattern, e.g. comp/comp.####.exr; written RGBA, zips, in the plate's "
+        "pixel type (half plate: half; float or integer plate: float), so an unpainted atlas "
+        "gives the plate back bit for bit",
     )
     parser.add_argument(
         "--mode",
@@ -67,8 +69,9 @@ def populate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--filter",
         default="cubic",
-        help="STMap filter: impulse, cubic, keys, simon, rifman, mitchell, "
-        "parzen, notch (linear: bilinear, not a Nuke filter; default cubic)",
+        help="STMap filter of both atlas lookups, as the RNAApply gizmo's: impulse, cubic, keys, "
+        "simon, rifman, mitchell, parzen, notch, lanczos4, lanczos6, sinc4 (also linear or "
+        "bilinear, not a Nuke filter; default cubic)",
     )
     parser.add_argument(
         "--no-shade",

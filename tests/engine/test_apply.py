@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from rna_engine import CACHE_FORMAT_VERSION, io
-from rna_engine.apply import ApplySettings, apply_frame, read_edited_atlas
+from rna_engine.apply import (
+    APPLY_FILTERS,
+    ApplySettings,
+    apply_frame,
+    output_pixel_types,
+    read_edited_atlas,
+)
 from rna_engine.cache import MASK, MATTE, SHADE, UV_U, UV_V, BuildPaths
 from rna_engine.cli import main
 from rna_engine.colour import srgb_to_linear
@@ -56,6 +62,7 @@ def write_cache(
     frames: tuple[int, ...] = FRAMES,
     version: int = CACHE_FORMAT_VERSION,
     data_window: tuple[int, int, int, int] | None = None,
+    plate_type: str = "float",
 ) -> BuildPaths:
     """A cache version folder with the given UV on every frame, plus plate frames beside it."""
     paths = BuildPaths(root / "shot" / "v001")
@@ -73,31 +80,83 @@ def write_cache(
             display_size=(W, H),
         )
         io.write_rgba_exr(
-            root / "plate" / f"plate.{frame:04d}.exr", scene["plate"], pixel_type="float"
+            root / "plate" / f"plate.{frame:04d}.exr", scene["plate"], pixel_type=plate_type
         )
     return paths
+
+
+def awkward_plate(plate_type: str) -> np.ndarray:
+    """A plate that a half write, or `plate + 0.0`, would change: float32 values off the half
+    grid, −0.0, denormals, negatives, large values (for `half`: half values of the same kinds)."""
+    rng = np.random.default_rng(11)
+    plate = rng.uniform(-0.2, 1.5, (H, W, 3)).astype(np.float32)
+    plate[0, 0] = -0.0
+    plate[0, 1] = [1e-40, -1e-40, 3.0e5] if plate_type == "float" else [6e-8, -6e-8, 6.0e4]
+    plate[H // 2, W // 2] = [-0.0, 0.0, -0.0]  # inside the matte
+    if plate_type == "half":
+        plate = plate.astype(np.float16).astype(np.float32)
+    return plate
+
+
+def raw_pixels(path: Path) -> np.ndarray:
+    """The file's pixels in its own type (float16 or float32), as stored."""
+    import OpenImageIO as oiio
+
+    inp = oiio.ImageInput.open(str(path))
+    try:
+        spec = inp.spec()
+        return np.asarray(inp.read_image(0, 0, 0, spec.nchannels, spec.format))
+    finally:
+        inp.close()
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
+    """Bit-for-bit equality (−0.0 ≠ +0.0, NaN payloads count)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    bits = np.uint16 if got.dtype == np.float16 else np.uint32
+    assert np.array_equal(got.view(bits), want.view(bits))
 
 
 def _settings(**kw: object) -> ApplySettings:
     return ApplySettings(**{"filter": "impulse", **kw})  # type: ignore[arg-type]
 
 
-def test_unpainted_atlas_gives_the_plate_bit_for_bit() -> None:
+@pytest.mark.parametrize("plate_type", ["float", "half"])
+def test_unpainted_atlas_gives_the_plate_bit_for_bit(plate_type: str) -> None:
     scene = _scene()
+    plate = awkward_plate(plate_type)
+    scene["shade"][H // 2, W // 2 + 1] = np.nan  # 0 · NaN must not reach the comp
+    scene["shade"][H // 2 + 1, W // 2] = np.inf
     uv = identity_stmap(H, W) + np.float32(0.013)
     passes = _passes(uv, scene["matte"], scene["shade"])
+    zeros = np.zeros((H, W), np.float32)
     for mode in ("delta", "replace"):
-        for name in ("impulse", "cubic", "mitchell"):
+        for name in ("impulse", "cubic", "mitchell", "lanczos4", "sinc4"):
             out = apply_frame(
-                scene["plate"],
+                plate,
                 scene["atlas"],
                 scene["atlas"].copy(),
                 passes,
-                ApplySettings(mode=mode, filter=name),
-            )  # type: ignore[arg-type]
-            np.testing.assert_array_equal(out["comp"][..., :3], scene["plate"])
-            assert not out["comp"][..., 3].any()
-            assert not out["paint"].any()
+                ApplySettings(mode=mode, filter=name),  # type: ignore[arg-type]
+            )
+            assert_bits_equal(out["comp"][..., :3], plate)
+            assert_bits_equal(out["comp"][..., 3], zeros)  # +0.0: nothing edited
+            assert_bits_equal(out["paint"], np.zeros((H, W, 4), np.float32))
+
+
+def test_mix_zero_and_single_channel_paint_keep_the_plate_bits() -> None:
+    scene = _scene()
+    plate = awkward_plate("float")
+    plate[H // 2, W // 2 + 1] = [-0.0, -0.0, 0.3]
+    edited = scene["atlas"].copy()
+    edited[..., 2] += 0.25  # blue only: red and green of the paint are exactly 0
+    passes = _passes(identity_stmap(H, W), scene["matte"], scene["shade"])
+    none = apply_frame(plate, scene["atlas"], edited, passes, _settings(mix=0.0))
+    assert_bits_equal(none["comp"][..., :3], plate)
+    blue = apply_frame(plate, scene["atlas"], edited, passes, _settings())
+    assert_bits_equal(blue["comp"][..., :2], plate[..., :2])
+    inside = scene["matte"] > 0
+    assert (blue["comp"][..., 2][inside] != plate[..., 2][inside]).all()
 
 
 def test_paint_lands_where_the_uv_points() -> None:
@@ -212,7 +271,10 @@ def test_settings_are_validated_by_name() -> None:
     with pytest.raises(InputError, match="setting mix"):
         ApplySettings(mix=2.0)
     with pytest.raises(InputError, match="setting filter"):
-        ApplySettings(filter="lanczos4")
+        ApplySettings(filter="gaussian")
+    for name in APPLY_FILTERS:
+        assert ApplySettings(filter=name.upper()).filter == name.upper()
+    assert {"impulse", "cubic", "lanczos4", "lanczos6", "sinc4", "bilinear"} <= set(APPLY_FILTERS)
     with pytest.raises(InputError, match="setting mode"):
         ApplySettings(mode="over")  # type: ignore[arg-type]
 
@@ -260,19 +322,86 @@ def test_cli_writes_the_comp_and_unpainted_is_the_plate(
         assert not comp.pixels[..., 3].any()
 
 
-def test_outputs_are_half(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_pixel_types_follow_the_plate() -> None:
+    assert output_pixel_types(["half"] * 3) == dict.fromkeys("RGBA", "half")
+    assert output_pixel_types(["float"] * 3) == dict.fromkeys("RGBA", "float")
+    assert output_pixel_types(["uint16"] * 3) == dict.fromkeys("RGBA", "float")  # PNG/TIFF/DPX
+    assert output_pixel_types(["half", "float", "half"]) == {
+        "R": "half",
+        "G": "float",
+        "B": "half",
+        "A": "float",
+    }
+
+
+@pytest.mark.parametrize("plate_type", ["float", "half"])
+@pytest.mark.parametrize("output", ["comp", "paint", "delta", "matte"])
+def test_outputs_take_the_plate_pixel_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plate_type: str, output: str
+) -> None:
     scene = _scene()
-    paths = write_cache(tmp_path, scene, identity_stmap(H, W), frames=(1001,))
+    paths = write_cache(
+        tmp_path, scene, identity_stmap(H, W), frames=(1001,), plate_type=plate_type
+    )
     atlas = tmp_path / "edit.exr"
     io.write_rgba_exr(atlas, scene["atlas"])
-    code, _ = _run(capsys, *_cli_args(paths, atlas, tmp_path))
+    code, _ = _run(capsys, *_cli_args(paths, atlas, tmp_path, "--output", output))
     assert code == 0
     comp = io.read_image(tmp_path / "out" / "comp.1001.exr")
-    assert set(comp.channel_formats) == {"half"}
+    assert comp.channel_formats == (plate_type,) * 4
 
 
-def test_cli_paint_output_matches_apply_frame(
+@pytest.mark.parametrize("plate_type", ["float", "half"])
+def test_cli_unpainted_atlas_writes_the_plate_back_bit_for_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plate_type: str
+) -> None:
+    # The reported bug: a float plate came back re-quantised to half (max error 2.4e-4).
+    scene = _scene()
+    scene["plate"] = awkward_plate(plate_type)
+    scene["shade"][H // 2, W // 2 + 1] = np.nan  # stored as half NaN / inf in the cache
+    scene["shade"][H // 2 + 1, W // 2] = np.inf
+    paths = write_cache(
+        tmp_path, scene, identity_stmap(H, W) + np.float32(0.013), plate_type=plate_type
+    )
+    unpainted = tmp_path / "edit_same.exr"  # the original atlas, re-saved with other compression
+    io.write_rgba_exr(unpainted, io.read_image(paths.atlas_exr).pixels, compression="piz")
+    plate_raw = raw_pixels(tmp_path / "plate" / "plate.1001.exr")
+    assert plate_raw.dtype == (np.float16 if plate_type == "half" else np.float32)
+    for mode in ("delta", "replace"):
+        for name in ("impulse", "cubic", "lanczos6", "sinc4"):
+            out = tmp_path / f"out_{mode}_{name}" / "comp.####.exr"
+            args = _cli_args(paths, unpainted, tmp_path, "--mode", mode, "--filter", name)
+            args[args.index("--out") + 1] = str(out)
+            code, _ = _run(capsys, *args)
+            assert code == 0
+            for frame in FRAMES:
+                got = raw_pixels(io.frame_path(out, frame))
+                assert_bits_equal(got[..., :3], plate_raw[..., :3])
+                assert_bits_equal(got[..., 3], np.zeros((H, W), plate_raw.dtype))
+
+
+def test_integer_plate_is_written_as_float_exactly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scene = _scene()
+    paths = write_cache(tmp_path, scene, identity_stmap(H, W), frames=(1001,))
+    png = tmp_path / "png" / "plate.1001.png"
+    png.parent.mkdir()
+    io.write_image(png, scene["plate"], bits=16)
+    unpainted = tmp_path / "edit_same.exr"
+    io.write_rgba_exr(unpainted, io.read_image(paths.atlas_exr).pixels)
+    args = _cli_args(paths, unpainted, tmp_path)
+    args[args.index("--plate") + 1] = str(tmp_path / "png" / "plate.####.png")
+    code, _ = _run(capsys, *args)
+    assert code == 0
+    got = raw_pixels(tmp_path / "out" / "comp.1001.exr")
+    assert got.dtype == np.float32  # 16-bit values k/65535 are not all exact in half
+    assert_bits_equal(got[..., :3], io.read_image(png).pixels[..., :3])
+
+
+@pytest.mark.parametrize("name", ["keys", "Lanczos4", "SINC4", "bilinear"])
+def test_cli_paint_output_matches_apply_frame(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
     scene = _scene()
     rng = np.random.default_rng(1)
@@ -291,7 +420,7 @@ def test_cli_paint_output_matches_apply_frame(
             "--output",
             "paint",
             "--filter",
-            "keys",
+            name,
             "--frames",
             "1002",
         ),
@@ -305,10 +434,10 @@ def test_cli_paint_output_matches_apply_frame(
         io.read_image(paths.atlas_exr).pixels,
         edited,
         {c: stored.channel(c) for c in stored.channels},
-        ApplySettings(filter="keys"),
+        ApplySettings(filter=name),
     )["paint"]
     assert np.abs(want).max() > 0.1
-    np.testing.assert_allclose(got, want, atol=1e-3)  # half output
+    np.testing.assert_array_equal(got, want)  # a float plate: float output, nothing rounded
 
 
 def test_data_window_outside_is_the_plate(

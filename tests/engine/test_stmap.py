@@ -22,9 +22,13 @@ def test_identity_impulse_returns_the_image_exactly(height: int, width: int) -> 
     np.testing.assert_array_equal(out, image)
 
 
-@pytest.mark.parametrize("name", ["cubic", "keys", "simon", "rifman", "linear"])
+INTERPOLATING = ["cubic", "keys", "simon", "rifman", "linear", "lanczos4", "lanczos6", "sinc4"]
+
+
+@pytest.mark.parametrize("name", INTERPOLATING)
 def test_identity_with_interpolating_filters_returns_the_image(name: str) -> None:
-    # B = 0 cubics and the tent are 1 at their centre and 0 on the other pixel centres.
+    # B = 0 cubics, the tent and the windowed sincs are 1 at their centre and 0 on the other
+    # pixel centres (sin(πn) ≈ 1e-16 in float64), so the identity map returns the image.
     image = _image()
     out = sample_stmap(image, identity_stmap(3, 4), name)
     np.testing.assert_allclose(out, image, atol=1e-6)
@@ -44,7 +48,7 @@ def test_one_pixel_shift_right_clamps_at_the_edge() -> None:
     uv = identity_stmap(3, 4)
     uv[..., 0] += 1.0 / 4.0
     expected = image[:, [1, 2, 3, 3]]
-    for name in ("impulse", "linear", "keys", "cubic"):
+    for name in ("impulse", "linear", "keys", "cubic", "lanczos4", "lanczos6", "sinc4"):
         np.testing.assert_allclose(sample_stmap(image, uv, name), expected, atol=1e-6)
 
 
@@ -149,6 +153,89 @@ def test_uv_norm_lands_on_the_plate_pixel_it_covers() -> None:
 
 def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="filter"):
-        sample_stmap(_image(), identity_stmap(3, 4), "lanczos4")
+        sample_stmap(_image(), identity_stmap(3, 4), "gaussian")
     with pytest.raises(ValueError, match="uv_stmap"):
         sample_stmap(_image(), np.zeros((3, 4), np.float32))
+
+
+def _textbook_kernel(name: str, t: np.ndarray) -> np.ndarray:
+    """Each filter from its textbook formula, written apart from `rna_engine.stmap`."""
+    s = np.abs(t)
+    if name == "linear":
+        return np.maximum(1.0 - s, 0.0)
+    if name in ("cubic", "keys"):  # Keys (1981) with a = −C: cubic a = 0, keys a = −1/2
+        a = 0.0 if name == "cubic" else -0.5
+        inner = (a + 2) * s**3 - (a + 3) * s**2 + 1
+        outer = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
+        return np.select([s <= 1, s < 2], [inner, outer], 0.0)
+    a = {"lanczos4": 2, "lanczos6": 3, "sinc4": 4}[name]
+    safe = np.where(s == 0, 1.0, s)
+    value = a * np.sin(np.pi * safe) * np.sin(np.pi * safe / a) / (np.pi * safe) ** 2
+    return np.select([s == 0, s < a], [1.0, value], 0.0)
+
+
+def test_windowed_sinc_known_values() -> None:
+    # Lanczos a = 2: k(0.5) = sinc(1/2)·sinc(1/4) = (2/π)(2√2/π) = 4√2/π²,
+    # k(1.5) = sinc(3/2)·sinc(3/4) = −(2/3π)(2√2/3π) = −4√2/(9π²); zeros at ±1, and 0 from |d| = 2.
+    k = stmap.windowed_sinc_weight(np.array([0.0, 0.5, -0.5, 1.0, 1.5, 2.0, 2.5]), 2)
+    r2 = np.sqrt(2.0)
+    want = [1.0, 4 * r2 / np.pi**2, 4 * r2 / np.pi**2, 0.0, -4 * r2 / (9 * np.pi**2), 0.0, 0.0]
+    np.testing.assert_allclose(k, want, atol=1e-15)
+    assert stmap.windowed_sinc_weight(np.array([2.999]), 3)[0] != 0.0  # Lanczos6 reaches 3 px
+    assert stmap.windowed_sinc_weight(np.array([3.999]), 4)[0] != 0.0  # Sinc4 reaches 4 px
+    assert stmap.windowed_sinc_weight(np.array([3.0, 4.0]), 3).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["linear", "cubic", "keys", "lanczos4", "lanczos6", "sinc4"])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.8])
+def test_impulse_image_gives_the_kernel_weights(name: str, fraction: float) -> None:
+    # A single 1 at column 12 of a 1×25 row, looked up `fraction` px right of each pixel centre:
+    # output column i reads at distance (i − 12) + fraction from the impulse, so the row of
+    # outputs is the kernel sampled at integer steps, normalised to sum 1 (as Nuke does).
+    width, centre = 25, 12
+    image = np.zeros((1, width, 1), np.float32)
+    image[0, centre] = 1.0
+    u = (np.arange(width) + 0.5 + fraction) / width  # float64: exact enough for 1e-7
+    uv = np.stack([u, np.full(width, 0.5)], axis=-1)[None]
+    out = sample_stmap(image, uv, name)[0, :, 0]
+    t = np.arange(width) - centre + fraction
+    want = _textbook_kernel(name, t)
+    want = want / want.sum()
+    np.testing.assert_allclose(out, want, atol=1e-7)
+    assert out.sum() == pytest.approx(1.0, abs=1e-6)
+    radius = {"linear": 1, "cubic": 2, "keys": 2, "lanczos4": 2, "lanczos6": 3, "sinc4": 4}[name]
+    assert np.count_nonzero(np.abs(out) > 1e-9) <= 2 * radius  # the support, no wider
+
+
+@pytest.mark.parametrize("name", stmap.FILTERS)
+def test_weights_sum_to_one_so_a_flat_image_stays_flat(name: str) -> None:
+    # Anywhere, including far outside the image (edge pixels repeat): sum of weights = 1.
+    image = np.full((6, 7, 2), 0.37, np.float32)
+    uv = np.random.default_rng(4).uniform(-0.8, 1.8, (9, 5, 2))
+    np.testing.assert_allclose(sample_stmap(image, uv, name), 0.37, atol=1e-6)
+
+
+def test_sharpening_order_of_the_sinc_filters() -> None:
+    # Foundry: Lanczos4 sharpens least, Sinc4 most — the negative lobe next to a step grows.
+    image = np.zeros((1, 24, 1), np.float32)
+    image[0, 12:] = 1.0
+    uv = identity_stmap(1, 24).astype(np.float64)
+    uv[..., 0] += 0.5 / 24  # halfway between pixel centres
+    undershoot = [float(sample_stmap(image, uv, n)[0, :12, 0].min()) for n in INTERPOLATING[5:]]
+    assert undershoot[0] > undershoot[1] > undershoot[2] and undershoot[0] < 0
+
+
+@pytest.mark.parametrize(
+    "name,k0,k1",
+    [("mitchell", 8 / 9, 1 / 18), ("parzen", 2 / 3, 1 / 6), ("notch", 1 / 2, 1 / 4)],
+)
+def test_identity_with_blurring_cubics_spreads_a_texel_by_k0_k1(
+    name: str, k0: float, k1: float
+) -> None:
+    # B > 0: k(0) = (6 − 2B)/6, k(±1) = B/6, so the identity map blurs a single texel separably.
+    image = np.zeros((5, 5, 1), np.float32)
+    image[2, 2] = 1.0
+    out = sample_stmap(image, identity_stmap(5, 5), name)[..., 0]
+    want = np.zeros((5, 5))
+    want[1:4, 1:4] = np.outer([k1, k0, k1], [k1, k0, k1])
+    np.testing.assert_allclose(out, want, atol=1e-6)

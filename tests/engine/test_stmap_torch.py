@@ -30,7 +30,7 @@ def _case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("filt", stmap.FILTERS)
+@pytest.mark.parametrize("filt", stmap_torch.FILTERS)
 def test_sample_stmap_is_bit_identical(device: str, filt: str) -> None:
     image, uv = _case()
     want = stmap.sample_stmap(image, uv, filt)

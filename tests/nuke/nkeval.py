@@ -8,8 +8,10 @@ Tcl commands `value`, `format` and `exists` inside `[...]`.
 It is deliberately *not* written like `rna_engine`: images are held as Nuke holds them — one
 float64 plane per named channel (`rgba.red`, `rna_uv.u`), **row 0 at the bottom** (y up) — and
 STMap builds dense separable weight matrices over edge-padded images from kernels written in
-their own textbook form (Keys' `a` for the B = 0 cubics), instead of gathering 4×4 taps. The two
-paths agree only if the gizmo and `rna_engine.apply` compute the same thing.
+their own textbook form (Keys' `a` for the B = 0 cubics, `a·sin(πt)·sin(πt/a)/(πt)²` for
+Lanczos4/Lanczos6/Sinc4 with a = 2, 3, 4), instead of gathering taps. The two paths agree only if
+the gizmo and `rna_engine.apply` compute the same thing, so the STMap is deliberately not shared
+with `rna_engine.stmap`: `test_two_stmap_implementations_agree` checks one against the other.
 """
 
 from __future__ import annotations
@@ -260,32 +262,54 @@ def _bc_cubic(b: float, c: float) -> Callable[[np.ndarray], np.ndarray]:
     return kernel
 
 
-_KERNELS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "Cubic": _keys_cubic(0.0),
-    "Keys": _keys_cubic(-0.5),
-    "Simon": _keys_cubic(-0.75),
-    "Rifman": _keys_cubic(-1.0),
-    "Mitchell": _bc_cubic(1 / 3, 1 / 3),
-    "Parzen": _bc_cubic(1.0, 0.0),
-    "Notch": _bc_cubic(1.5, -0.25),
+def _lanczos(a: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Lanczos (windowed sinc) kernel of radius a: a·sin(πt)·sin(πt/a) / (πt)², 1 at t = 0."""
+
+    def kernel(t: np.ndarray) -> np.ndarray:
+        s = np.abs(t)
+        safe = np.where(s == 0, 1.0, s)
+        value = a * np.sin(np.pi * safe) * np.sin(np.pi * safe / a) / (np.pi * safe) ** 2
+        return np.select([s == 0, s < a], [1.0, value], 0.0)
+
+    return kernel
+
+
+_KERNELS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
+    # name: (support radius in pixels, kernel)
+    "Cubic": (2, _keys_cubic(0.0)),
+    "Keys": (2, _keys_cubic(-0.5)),
+    "Simon": (2, _keys_cubic(-0.75)),
+    "Rifman": (2, _keys_cubic(-1.0)),
+    "Mitchell": (2, _bc_cubic(1 / 3, 1 / 3)),
+    "Parzen": (2, _bc_cubic(1.0, 0.0)),
+    "Notch": (2, _bc_cubic(1.5, -0.25)),
+    "Lanczos4": (2, _lanczos(2)),
+    "Lanczos6": (3, _lanczos(3)),
+    "Sinc4": (4, _lanczos(4)),
 }
-_PAD = 4
+_PAD = 8
+"""Padding of each axis: twice the widest radius (Sinc4), see `_axis_weights`."""
 
 
 def _axis_weights(pos: np.ndarray, size: int, filt: str) -> np.ndarray:
     """Dense (N, size + 2·PAD) weights of the edge-padded axis for lookups at `pos`.
 
     `pos` is Nuke's continuous coordinate (pixel i spans [i, i+1)). Padded entry k holds
-    source pixel clamp(k − PAD); points further out than the padding are pulled in, which
-    changes nothing because every tap there reads the same edge pixel.
+    source pixel clamp(k − PAD); points further out than the kernel radius r are pulled in to
+    −r or size + r, which changes nothing because every tap there reads the same edge pixel
+    (taps reach 2r past the edge, inside the padding). Each row is divided by its sum, as
+    Nuke's `Filter::Coefficients::normalize` does (the windowed sincs do not sum to 1).
     """
-    pos = np.clip(pos, -2.0, size + 2.0)[:, None]
     k = np.arange(-_PAD, size + _PAD)[None, :]
     if filt == "Impulse":
+        pos = np.clip(pos, -1.0, size + 1.0)[:, None]
         return ((k <= pos) & (pos < k + 1)) * 1.0
     if filt not in _KERNELS:
         raise EvalError(f"STMap filter {filt}: not implemented by the evaluator")
-    return _KERNELS[filt](pos - (k + 0.5))
+    radius, kernel = _KERNELS[filt]
+    pos = np.clip(pos, -radius, size + radius)[:, None]
+    weights = kernel(pos - (k + 0.5))
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def stmap(
