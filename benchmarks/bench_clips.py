@@ -14,7 +14,8 @@ annotated object crosses in other frames (the reason is recorded). It is built t
 - `occluded_hidden_pct`: share of tracked-ROI pixels inside the object (eroded 5 px) with
   `rna_matte.m` < 0.5;
 - `atlas_psnr`: atlas × shade at the UV (bilinear) against the plate on the visible tracked ROI,
-  in the plate's own 0..1 encoding;
+  in sRGB 0..1 (the engine linearises the sRGB JPEGs: the atlas is scene-linear, the plate as
+  read is not);
 - `leak_pct`: share of a test paint's comp (`rna_engine.apply`) that lands on the object
   (eroded 5 px), measured against the comp of the unedited atlas.
 
@@ -42,6 +43,7 @@ from meta import commit  # noqa: E402
 from rna_engine import io  # noqa: E402
 from rna_engine import metrics as m  # noqa: E402
 from rna_engine.cache import BuildPaths, atomic_path, write_json_atomic  # noqa: E402
+from rna_engine.colour import linear_to_srgb  # noqa: E402
 from rna_engine.stmap import sample_stmap  # noqa: E402
 from rna_engine.synth import paint_pattern  # noqa: E402
 
@@ -164,7 +166,9 @@ def score_clip(
                 "object_in_roi_px": int(inside.sum()),
                 "visible_coverage_pct": None if cover is None else 100 * cover,
                 "occluded_hidden_pct": None if hidden is None else 100 * hidden,
-                "atlas_psnr": m.region_psnr(np.clip(recon, 0, 1), plate_rgb, outside),
+                "atlas_psnr": m.region_psnr(
+                    linear_to_srgb(np.clip(recon, 0, 1)), plate_rgb, outside
+                ),
                 "leak_pct": None if leak is None else 100 * leak,
             }
         )
