@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import threading
@@ -34,10 +33,16 @@ from rna_engine import io  # noqa: E402
 from rna_engine.apply import ApplySettings, apply_sequence  # noqa: E402
 from rna_engine.colour import working_space  # noqa: E402
 from rna_engine.context import RunContext  # noqa: E402
+from rna_engine.metrics import (  # noqa: E402
+    encoded_error,
+    iou_counts,
+    paint_amount,
+    paint_over,
+    psnr,
+    tracked_region,
+)
 from rna_engine.pipeline import run_build  # noqa: E402
-from rna_engine.qc import encoded_error  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
-from rna_engine.stmap import sample_stmap  # noqa: E402
 from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -50,10 +55,6 @@ SUITES = {
     "uhd": ["uhd"],
     "all": ["bench", "hd"],
 }
-
-
-def _psnr(err: float) -> float:
-    return 99.0 if err <= 1e-12 else -10.0 * math.log10(err)
 
 
 def _device_name(device: str) -> str:
@@ -189,9 +190,7 @@ def run_synthetic(
     atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B", "A"))
     edit = paint_pattern(p.width, p.height, shot.roi)
     edit[..., 3] *= shot.roi
-    painted = atlas.copy()
-    a = edit[..., 3:4]
-    painted[..., :3] = atlas[..., :3] * (1 - a) + edit[..., :3] * a
+    painted = paint_over(atlas, edit)
     io.write_rgba_exr(out / f"painted_{preset}.exr", painted, pixel_type="float")
     t2 = time.perf_counter()
     picked = list(range(0, shot.n_frames, eval_stride))
@@ -212,17 +211,18 @@ def run_synthetic(
         comp = io.read_image(path).pixels[..., :3]
         expected = shot.render_edit(edit, t)
         roi = f["roi_tracked"] > 0.5
-        e, n = encoded_error(comp, expected, roi, space)
+        e, n = encoded_error(comp, expected, roi, space.encode)
         err += e
         count += n
-        paint = np.abs(comp - f["plate"]).sum(-1)
-        leak += float(paint[f["occlusion"] > 0.5].sum())
+        paint = paint_amount(comp, f["plate"])
+        leak += float(paint[f["occlusion"] > 0.5].sum())  # pooled over frames
         paint_total += float(paint.sum())
         m = io.read_image(paths.pass_path(shot.frame_numbers[t])).channel("rna_mask.m") > 0.5
         truth = (f["roi_tracked"] * (1 - f["occlusion"])) > 0.5
-        inter += int((m & truth).sum())
-        union += int((m | truth).sum())
-    result["edit_psnr"] = round(_psnr(err / max(count, 1)), 2)
+        i, u = iou_counts(m, truth)
+        inter += i
+        union += u
+    result["edit_psnr"] = round(psnr(err / max(count, 1)), 2)
     result["paint_leak_pct"] = round(100 * leak / max(paint_total, 1e-9), 3)
     result["mask_iou"] = round(inter / max(union, 1), 4)
     return result
@@ -280,12 +280,11 @@ def run_clip(
     for i in range(len(frames)):
         p = io.read_image(paths.pass_path(i))
         uv = p.select(("rna_uv.u", "rna_uv.v"))
-        tracked = sample_stmap(roi[..., None], uv, "linear")[..., 0] > 0.5
-        tracked &= p.channel("rna_uv.u") != 0  # inside the data window
+        tracked = tracked_region(roi, uv)
         occluded = (p.channel("rna_mask.m") < 0.5) & tracked
-        truth = obj[i] & tracked
-        inter += int((occluded & truth).sum())
-        union_px += int((occluded | truth).sum())
+        i_px, u_px = iou_counts(occluded, obj[i] & tracked)
+        inter += i_px
+        union_px += u_px
     result["mask_iou"] = round(inter / max(union_px, 1), 4)
     return result
 

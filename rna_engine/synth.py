@@ -1,9 +1,10 @@
 """Synthetic shots with exact ground truth.
 
 A band-limited, HDR textured surface is filmed by a camera moving along a smooth homography path
-(pan, zoom, rotation, a little perspective), optionally bent by a smooth non-rigid deformation,
-lit by a global and a local illumination change, and crossed by 1–5 occluders with antialiased
-soft edges. Everything is an analytic function of the pixel position, so the ground truth is
+(pan, zoom, rotation, a little perspective) or, with `motion="ground"`, translating over a
+non-planar scene (a ground plane meeting a far wall: ground-plane parallax, two depths), optionally
+bent by a smooth non-rigid deformation, lit by a global and a local illumination change and an
+exposure ramp, and crossed by 1–5 occluders with antialiased soft edges. Everything is an analytic function of the pixel position, so the ground truth is
 exact:
 
 - `true_ref_xy[t, row, x]`: where the surface point seen at pixel (x, row) of frame t lies in the
@@ -16,6 +17,12 @@ exact:
 
 An edit painted on the reference-frame raster re-renders exactly with `render_edit`.
 Deterministic by seed.
+
+Presets: `tiny`/`small`/`bench`/`hd`/`uhd` (gentle camera work), and the hard camera work of
+issue #15 at 768×432×70 — `pan` (the ROI carried across half the frame), `zoomrot` (0.6–1.5×,
+±20°), `parallax` (ground plane + far wall), `exit` (the ROI leaves the frame and comes back) —
+each also as `<name>-small` (160×96×16) and `<name>-tiny` (64×48×8) for tests. The hard ones put
+their occluders across the ROI near the ends of the shot and ramp the exposure by one stop.
 """
 
 from __future__ import annotations
@@ -32,13 +39,57 @@ import numpy as np
 from .colour import linear_to_srgb
 from .errors import InputError
 
+_HARD_COMMON: dict[str, Any] = {
+    "occluders": 2,
+    "occluders_at_ends": True,
+    "exposure_stops": 1.0,
+    "illumination": 0.25,
+    "spot": 0.35,
+}
+HARD_MOTIONS: dict[str, dict[str, Any]] = {
+    # 6 px/frame at 768 wide over 70 frames: 414 px, the ROI crosses half the frame or more.
+    "pan": {"pan_total": 6.0 * 69 / 768, "zoom": 0.05, "rotation_deg": 3.0, "perspective": 0.02},
+    "zoomrot": {
+        "pan_total": 0.1,
+        "zoom_start": 0.6,
+        "zoom_end": 1.5,
+        "rotation_deg": 40.0,
+        "perspective": 0.03,
+    },
+    # Far wall 3 px/frame, the ground at the bottom row 2.4x that; a slow dolly in.
+    "parallax": {"motion": "ground", "pan_total": 3.0 * 69 / 768, "dolly": 0.15},
+    # A small ROI left of centre, carried out through the left edge and back (reference first).
+    "exit": {
+        "pan_px": 0.0,
+        "pan_y_ratio": 0.1,
+        "zoom": 0.0,
+        "rotation_deg": 0.0,
+        "perspective": 0.0,
+        "exit_shift": 0.55,
+        "roi_x": 0.3,
+        "roi_scale": 0.45,
+        "reference_index": 0,
+    },
+}
+_SIZES: dict[str, dict[str, Any]] = {
+    "": {"width": 768, "height": 432, "frames": 70, "grain": 0.004},
+    "-small": {"width": 160, "height": 96, "frames": 16},
+    "-tiny": {"width": 64, "height": 48, "frames": 8},
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"width": 64, "height": 48, "frames": 8, "occluders": 1},
     "small": {"width": 160, "height": 96, "frames": 16, "occluders": 2},
     "bench": {"width": 768, "height": 432, "frames": 70, "occluders": 3, "grain": 0.004},
     "hd": {"width": 1920, "height": 1080, "frames": 100, "occluders": 3, "grain": 0.004},
     "uhd": {"width": 4096, "height": 2160, "frames": 200, "occluders": 3, "grain": 0.004},
+    **{
+        name + suffix: {**_HARD_COMMON, **motion, **size}
+        for name, motion in HARD_MOTIONS.items()
+        for suffix, size in _SIZES.items()
+    },
 }
+"""Named shots. The hard presets keep their motion as a share of the frame and of the shot, so
+`pan-tiny` pans as far across its 64 px as `pan` across 768 px."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +122,39 @@ class ShotParams:
     """Standard deviation of the grain, linear units at value 1 (scaled by sqrt(value))."""
     edge_px: float = 1.5
     """Width of the occluders' soft edges, pixels."""
+    motion: str = "homography"
+    """`homography` (pan/zoom/rotation/perspective) or `ground`: a camera translating over a
+    ground plane that meets a far wall (zoom, rotation and perspective are then unused)."""
+    pan_total: float = 0.0
+    """If > 0: the linear pan over the whole shot as a share of the width (replaces `pan_px`)."""
+    pan_y_ratio: float = 0.3
+    """Vertical pan as a share of the horizontal pan (homography motion)."""
+    zoom_start: float = 0.0
+    """If > 0 (with `zoom_end`): magnification of the surface at the first frame relative to the
+    reference (1.5 = things look 1.5× larger), log-linear through 1 at the reference (replaces
+    `zoom`)."""
+    zoom_end: float = 0.0
+    """Magnification at the last frame, see `zoom_start`."""
+    exit_shift: float = 0.0
+    """Extra horizontal camera shift (share of the width) that grows away from the reference as
+    sin² and is undone at the shot's ends: the ROI leaves the frame and comes back."""
+    dolly: float = 0.0
+    """Ground motion: forward camera travel over the shot, share of the wall's distance."""
+    horizon_row: float = 0.15
+    """Ground motion: the horizon's row, share of the height."""
+    ground_row: float = 0.5
+    """Ground motion: the row where the ground meets the wall at the reference, share of height."""
+    exposure_stops: float = 0.0
+    """Global (achromatic) exposure ramp over the whole shot, stops; 0 at the reference."""
+    occluders_at_ends: bool = False
+    """Occluders cross the ROI near the ends of the shot (where it is in frame) instead of at
+    random frames away from the reference."""
+    roi_x: float = -1.0
+    """ROI centre column as a share of the width; −1 = random near the centre."""
+    roi_y: float = -1.0
+    """ROI centre row as a share of the height; −1 = random near the centre."""
+    roi_scale: float = 1.0
+    """ROI ellipse radii relative to the default (28 % of the width, 30 % of the height)."""
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
@@ -79,6 +163,16 @@ class ShotParams:
             raise InputError("synth: a shot needs at least 2 frames")
         if not 1 <= self.occluders <= 5:
             raise InputError("synth: occluders must be 1..5")
+        if self.motion not in ("homography", "ground"):
+            raise InputError(f"synth motion {self.motion!r}: not one of homography, ground")
+        if (self.zoom_start > 0) != (self.zoom_end > 0):
+            raise InputError("synth: zoom_start and zoom_end are set together")
+        if not 0 <= self.horizon_row < self.ground_row < 1:
+            raise InputError("synth: need 0 <= horizon_row < ground_row < 1")
+        if not 0 <= self.dolly < 0.9:
+            raise InputError("synth: dolly must be in [0, 0.9)")
+        if self.roi_scale <= 0:
+            raise InputError("synth: roi_scale must be > 0")
 
 
 @dataclass
@@ -119,14 +213,18 @@ class SynthShot:
         w, h = p.width, p.height
         # ROI: an ellipse around the centre of the reference frame, ~25 % of the area.
         self._roi_centre = np.array([w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)])
-        self._roi_radii = np.array([w * 0.28, h * 0.3])
+        if p.roi_x >= 0:
+            self._roi_centre[0] = w * p.roi_x
+        if p.roi_y >= 0:
+            self._roi_centre[1] = h * p.roi_y
+        self._roi_radii = np.array([w * 0.28, h * 0.3]) * p.roi_scale
         self._spot_centre0 = np.array([w * 0.3, h * 0.4])
         self._spot_velocity = np.array([w * 0.4, h * 0.2]) / max(p.frames - 1, 1)
         self._gain = rng.uniform(-1, 1, 3) * p.illumination
         # Occluders cross the ROI at frames away from the reference frame.
         self._occluders: list[_Occluder] = []
         r = self.reference_index
-        for k in range(p.occluders):
+        for k in range(p.occluders if not p.occluders_at_ends else 0):
             far = [t for t in range(p.frames) if abs(t - r) >= max(1, p.frames // 4)]
             t_cross = float(rng.choice(far)) if far else float(p.frames - 1)
             radii = np.array([w, h]).min() * rng.uniform(0.08, 0.16, 2)
@@ -152,7 +250,81 @@ class SynthShot:
                 )
             )
             del k
+        if p.occluders_at_ends:
+            self._occluders = self._occluders_at_ends(rng)
         self._grain_seed = int(rng.integers(0, 2**31))
+
+    def _occluders_at_ends(self, rng: np.random.Generator) -> list[_Occluder]:
+        """Occluders that cross the ROI where it is in frame, in the outer 40 % of the frames on
+        either side of the reference (alternating sides), each over about an eighth of the shot."""
+        p = self.params
+        n, r = p.frames, self.reference_index
+        ref_cover = self._coarse_roi_cover(r)
+        reach = max(r, n - 1 - r)
+        sides: list[list[int]] = [[], []]
+        for t in range(n):
+            if abs(t - r) >= 0.6 * reach and self._coarse_roi_cover(t) >= 0.3 * ref_cover:
+                sides[int(t > r)].append(t)
+        window = max(2.0, n / 8)
+        out = []
+        for k in range(p.occluders):
+            side = sides[(k + 1) % 2] or sides[k % 2] or [n - 1 if r < n - 1 else 0]
+            t_cross = int(rng.choice(side))
+            target = self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii
+            cross_point = self.frame_xy_of(t_cross, target)
+            # The ROI's own motion in the frame there: the occluder moves with it plus a crossing.
+            ta, tb = max(t_cross - 1, 0), min(t_cross + 1, n - 1)
+            roi_velocity = (self.frame_xy_of(tb, target) - self.frame_xy_of(ta, target)) / max(
+                tb - ta, 1
+            )
+            edge = self.frame_xy_of(t_cross, self._roi_centre + [self._roi_radii[0], 0.0])
+            scale = np.linalg.norm(edge - self.frame_xy_of(t_cross, self._roi_centre)) / max(
+                self._roi_radii[0], 1e-6
+            )
+            radii = np.array([p.width, p.height]).min() * rng.uniform(0.08, 0.16, 2)
+            direction = rng.normal(size=2)
+            direction /= np.linalg.norm(direction) + 1e-9
+            need = scale * np.linalg.norm(self._roi_radii) + radii.max() + 2.0 * p.edge_px + 2
+            velocity = roi_velocity + direction * need / window
+            colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
+            colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+            out.append(
+                _Occluder(
+                    cross_point - velocity * t_cross,
+                    velocity,
+                    radii,
+                    float(rng.uniform(0, 3)),
+                    colour,
+                    float(rng.uniform(0.05, 0.2)),
+                )
+            )
+        return out
+
+    def _coarse_roi_cover(self, t: int) -> float:
+        """Share of frame t covered by the ROI, on a grid of about 32 columns (cheap)."""
+        p = self.params
+        step = max(1, p.width // 32)
+        ys, xs = np.mgrid[0 : p.height : step, 0 : p.width : step].astype(np.float64)
+        return float(self.roi_at(self.ref_xy_at(t, xs, ys)).mean())
+
+    def frame_xy_of(self, t: int, ref_point: np.ndarray) -> np.ndarray:
+        """(2,) frame-t pixel (x, row) that shows the surface point at reference pixel
+        `ref_point` (inverse of `true_ref_xy`; may lie outside the frame)."""
+        p = self.params
+        step = max(1, p.width // 64)
+        margin = p.width
+        ys, xs = np.mgrid[
+            -margin : p.height + margin : step, -margin : p.width + margin : step
+        ].astype(np.float64)
+        ref = self.ref_xy_at(t, xs, ys)
+        k = int(np.argmin(((ref - ref_point) ** 2).sum(-1)))
+        xy = np.array([xs.flat[k], ys.flat[k]])
+        for _ in range(4):  # Newton steps on a finite-difference Jacobian
+            pts = np.array([xy, xy + [0.5, 0.0], xy + [0.0, 0.5]])
+            val = self.ref_xy_at(t, pts[:, 0], pts[:, 1])
+            jac = np.stack([val[1] - val[0], val[2] - val[0]], 1) / 0.5
+            xy = xy - np.linalg.solve(jac, val[0] - ref_point)
+        return xy
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -168,35 +340,101 @@ class SynthShot:
         """Frame number of the reference frame."""
         return self.params.first_frame + self.reference_index
 
-    def homography(self, t: int) -> np.ndarray:
-        """3×3 map from frame-t pixel (x, row, 1) to reference-frame pixels (identity at ref)."""
+    def _s(self, t: int) -> float:
+        """Signed position of frame index t in the shot relative to the reference (−1..1)."""
+        return (t - self.reference_index) / max(self.params.frames - 1, 1)
+
+    def pan_offset(self, t: int) -> np.ndarray:
+        """(2,) the camera's pan at frame index t: reference pixel = frame pixel + this, for a
+        pure translation (zero at the reference)."""
         p = self.params
-        s = (t - self.reference_index) / max(p.frames - 1, 1)
+        r, n = self.reference_index, p.frames
+        rate = (
+            p.pan_total * p.width / max(n - 1, 1) if p.pan_total > 0 else p.pan_px * p.width / 100
+        )
+        x = rate * (t - r)
+        if p.exit_shift:
+            span = (n - 1 - r) if t >= r else r
+            x += p.exit_shift * p.width * math.sin(math.pi * abs(t - r) / max(span, 1)) ** 2
+        return np.array([x, p.pan_y_ratio * x])
+
+    def magnification(self, t: int) -> float:
+        """How much larger the surface looks at frame index t than at the reference (about the
+        frame centre; homography motion)."""
+        p = self.params
+        r, n = self.reference_index, p.frames
+        if p.zoom_start > 0:
+            if t < r:
+                return math.exp(math.log(p.zoom_start) * (r - t) / max(r, 1))
+            return math.exp(math.log(p.zoom_end) * (t - r) / max(n - 1 - r, 1))
+        return 1.0 / (1.0 + p.zoom * self._s(t))
+
+    def homography(self, t: int) -> np.ndarray:
+        """3×3 map from frame-t pixel (x, row, 1) to reference-frame pixels (identity at ref);
+        homography motion only."""
+        p = self.params
+        if p.motion != "homography":
+            raise ValueError(f"motion {p.motion!r} is not one homography")
+        s = self._s(t)
         w, h = p.width, p.height
         cx, cy = w / 2, h / 2
-        zoom = 1.0 + p.zoom * s
+        zoom = 1.0 / self.magnification(t) if p.zoom_start > 0 else 1.0 + p.zoom * s
         ang = math.radians(p.rotation_deg) * s
-        pan = p.pan_px * (w / 100.0) * (t - self.reference_index)
+        pan_x, pan_y = self.pan_offset(t)
         c, si = math.cos(ang), math.sin(ang)
         to_c = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], float)
         rot = np.array([[c * zoom, -si * zoom, 0], [si * zoom, c * zoom, 0], [0, 0, 1]], float)
         persp = np.array([[1, 0, 0], [0, 1, 0], [p.perspective * s / w, 0, 1]], float)
-        back = np.array([[1, 0, cx + pan], [0, 1, cy + 0.3 * pan], [0, 0, 1]], float)
+        back = np.array([[1, 0, cx + pan_x], [0, 1, cy + pan_y], [0, 0, 1]], float)
         return back @ persp @ rot @ to_c
+
+    def ground_geometry(self, t: int) -> dict[str, float]:
+        """Ground motion: focal length and horizon (pixels), wall depth, camera height (1) and
+        the camera's position (tx, tz) at frame index t, reference camera at the origin.
+
+        The ground is the plane Y = 1 (Y down) up to depth Z = wall, the wall the plane Z = wall
+        above it; the camera translates by (tx, 0, tz): the wall shifts by `pan_offset` per
+        frame, ground points nearer the camera (lower rows) by more, (row − horizon) ∝ 1/depth.
+        """
+        p = self.params
+        f = float(p.width)
+        horizon = p.horizon_row * p.height
+        wall = f / (p.ground_row * p.height - horizon)
+        tx = self.pan_offset(t)[0] * wall / f
+        tz = p.dolly * wall * self._s(t)
+        return {"f": f, "cx": p.width / 2, "horizon": horizon, "wall": wall, "tx": tx, "tz": tz}
+
+    def ref_xy_at(self, t: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """(..., 2) float64: reference-frame pixel of the surface point seen at frame-t pixel
+        positions (xs, ys) (pixel centres at integers; any positions, in frame or not)."""
+        p = self.params
+        if p.motion == "ground":
+            g = self.ground_geometry(t)
+            dx, dy = (xs - g["cx"]) / g["f"], (ys - g["horizon"]) / g["f"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                depth_ground = g["tz"] + 1.0 / dy
+            ground = (dy > 0) & (depth_ground <= g["wall"])
+            lam = np.where(ground, 1.0 / np.where(ground, dy, 1.0), g["wall"] - g["tz"])
+            px = g["tx"] + lam * dx
+            py = np.where(ground, 1.0, lam * dy)
+            pz = g["tz"] + lam
+            rx = g["cx"] + g["f"] * px / pz
+            ry = g["horizon"] + g["f"] * py / pz
+        else:
+            hmat = self.homography(t)
+            den = hmat[2, 0] * xs + hmat[2, 1] * ys + hmat[2, 2]
+            rx = (hmat[0, 0] * xs + hmat[0, 1] * ys + hmat[0, 2]) / den
+            ry = (hmat[1, 0] * xs + hmat[1, 1] * ys + hmat[1, 2]) / den
+        if p.deform_px:
+            amp = p.deform_px * p.width / 100.0 * self._s(t)
+            rx = rx + amp * np.sin(2 * math.pi * ry / (0.7 * p.height) + 1.0)
+            ry = ry + amp * np.sin(2 * math.pi * rx / (0.9 * p.width) + 2.0)
+        return np.stack([rx, ry], -1)
 
     def _ref_xy(self, t: int) -> np.ndarray:
         p = self.params
         ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float64)
-        hmat = self.homography(t)
-        den = hmat[2, 0] * xs + hmat[2, 1] * ys + hmat[2, 2]
-        rx = (hmat[0, 0] * xs + hmat[0, 1] * ys + hmat[0, 2]) / den
-        ry = (hmat[1, 0] * xs + hmat[1, 1] * ys + hmat[1, 2]) / den
-        if p.deform_px:
-            s = (t - self.reference_index) / max(p.frames - 1, 1)
-            amp = p.deform_px * p.width / 100.0 * s
-            rx = rx + amp * np.sin(2 * math.pi * ry / (0.7 * p.height) + 1.0)
-            ry = ry + amp * np.sin(2 * math.pi * rx / (0.9 * p.width) + 2.0)
-        return np.stack([rx, ry], -1).astype(np.float32)
+        return self.ref_xy_at(t, xs, ys).astype(np.float32)
 
     def texture(self, ref_xy: np.ndarray) -> np.ndarray:
         """Clean surface colour (linear) at reference-frame positions (…, 2) → (…, 3)."""
@@ -207,7 +445,7 @@ class SynthShot:
     def _illumination(self, t: int, ref_xy: np.ndarray) -> np.ndarray:
         p = self.params
         s = (t - self.reference_index) / max(p.frames - 1, 1)
-        gain = np.exp(self._gain * s).astype(np.float32)
+        gain = (np.exp(self._gain * s) * 2.0 ** (p.exposure_stops * s)).astype(np.float32)
         centre = self._spot_centre0 + self._spot_velocity * t
         ref_centre = self._spot_centre0 + self._spot_velocity * self.reference_index
         sigma2 = (0.25 * min(p.width, p.height)) ** 2
@@ -255,6 +493,16 @@ class SynthShot:
     def occluder_velocity(self, k: int) -> np.ndarray:
         """(dx, dy) pixels per frame of occluder k (its texture moves with it)."""
         return self._occluders[k].velocity.astype(np.float32)
+
+    @property
+    def roi_centre(self) -> np.ndarray:
+        """(2,) centre (x, row) of the ROI ellipse in reference-frame pixels."""
+        return self._roi_centre.copy()
+
+    @property
+    def roi_radii(self) -> np.ndarray:
+        """(2,) radii (x, row) of the ROI ellipse in reference-frame pixels."""
+        return self._roi_radii.copy()
 
     def roi_at(self, ref_xy: np.ndarray) -> np.ndarray:
         """ROI membership (0..1, antialiased over one pixel) at reference-frame positions."""
@@ -389,7 +637,8 @@ def sample_bilinear_px(
 
 
 def make_shot(preset: str = "tiny", seed: int = 0, **overrides: Any) -> SynthShot:
-    """A synthetic shot from a preset (tiny 64×48×8, small, bench 768×432×70, hd 1920×1080×100)."""
+    """A synthetic shot from a preset (`PRESETS`: tiny 64×48×8, small, bench 768×432×70,
+    hd 1920×1080×100, uhd, and the hard pan/zoomrot/parallax/exit with -small/-tiny sizes)."""
     if preset not in PRESETS:
         raise InputError(f"synth preset {preset!r}: not one of {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **overrides, "seed": seed}

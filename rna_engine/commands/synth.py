@@ -1,4 +1,8 @@
-"""`rna-engine synth --out DIR --preset tiny|small|bench|hd|uhd --seed N`: a shot with ground truth."""
+"""`rna-engine synth --out DIR --preset NAME --seed N`: a synthetic shot with ground truth.
+
+Presets (`rna_engine.synth.PRESETS`): tiny, small, bench, hd, uhd, and the hard camera work
+pan, zoomrot, parallax, exit, each also as `<name>-small` and `<name>-tiny`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ log = logging.getLogger(__name__)
 
 def populate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "bench", "hd", "uhd"))
+    from rna_engine.synth import PRESETS  # numpy only: cheap enough for the CLI's start-up
+
+    parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=0, help="override the frame count")
     parser.add_argument(
@@ -20,6 +26,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also paint the test edit and write the exact edited render",
     )
+    parser.add_argument("--workers", type=int, default=1, help="render frames in N processes")
     parser.add_argument("--no-truth", action="store_true", help="skip the ground-truth passes")
 
 
@@ -32,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     shot = make_shot(args.preset, args.seed, **overrides)
     p = shot.params
     edit = paint_pattern(p.width, p.height, shot.roi) if args.edit else None
-    manifest = write_shot(shot, Path(args.out), edit=edit, truth=not args.no_truth)
+    manifest = write_shot(
+        shot, Path(args.out), edit=edit, truth=not args.no_truth, workers=args.workers
+    )
     log.info(
         "wrote %s: %dx%d, frames %s, reference frame %d",
         args.out,
