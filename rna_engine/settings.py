@@ -650,3 +650,103 @@ def load_spec(path: Path) -> BuildSpec:
     if not isinstance(data, dict):
         raise InputError(f"{path}: build spec must be a JSON object")
     return absolute_paths(spec_from_dict(data), Path(path).absolute().parent)
+
+
+def _field_docs() -> dict[str, dict[str, str]]:
+    """Class → field → the docstring under the field, read from this module's source."""
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = docs.setdefault(node.name, {})
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                fields[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _schema_of(cls: type, docs: dict[str, dict[str, str]], path: str) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        name = f"{path}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            item = _schema_of(hint, docs, f"{name}.")  # type: ignore[arg-type]
+            item["description"] = docs[cls.__name__].get(f.name) or " ".join(
+                (hint.__doc__ or "").split()
+            )
+            props[f.name] = item
+            continue
+        item = {"description": docs[cls.__name__].get(f.name, "")}
+        if getattr(hint, "__origin__", None) is Literal:
+            item.update(type="string", enum=list(get_args(hint)))
+        else:
+            item["type"] = {int: "integer", float: "number", bool: "boolean", str: "string"}[hint]
+        if f.default is not dataclasses.MISSING:
+            item["default"] = f.default
+        else:
+            required.append(f.name)
+        by_preset: dict[str, Any] = {}
+        if name.startswith("settings."):
+            keys = name.split(".")[1:]
+            for preset, values in PRESETS.items():
+                value = _preset_value(values, keys)
+                if value is not None:
+                    by_preset[preset] = value
+        if by_preset:
+            item["x-presets"] = by_preset
+        props[f.name] = item
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _preset_value(values: dict[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(values, dict) or key not in values:
+            return None
+        values = values[key]
+    return values
+
+
+def spec_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a build spec, from the dataclasses and their docstrings.
+
+    `default` is the value before the preset; `x-presets` lists what each preset sets instead.
+    The read-only outputs of a cache's `build.json` are `readOnly`. docs/build.schema.json is
+    this, checked by the tests.
+    """
+    docs = _field_docs()
+    schema = _schema_of(BuildSpec, docs, "")
+    settings = schema["properties"]["settings"]
+    settings["description"] = (
+        "Stage settings: `preset` first, then any of its keys override it (a partial mapping)."
+    )
+    for key, text in (
+        ("build_hash", "Content hash of the build (settings and input files)."),
+        ("engine_version", "Engine version that wrote the build."),
+        ("cache_format_version", "Version of the cache layout (DESIGN.md §4)."),
+        ("torch", "PyTorch version of the build."),
+    ):
+        kind = "integer" if key == "cache_format_version" else "string"
+        schema["properties"][key] = {"type": kind, "readOnly": True, "description": text}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"RNA for Nuke build spec, spec_version {SPEC_VERSION}",
+        "description": "A hand-written spec or a cache's build.json (docs/spec.md).",
+        **schema,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from rna_engine.settings import (
     absolute_paths,
     load_spec,
     spec_from_dict,
+    spec_schema,
     spec_to_dict,
 )
 from rna_engine.synth import make_shot, write_shot
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "preset": "draft",
     "ingest": {"working_long_side": 64},
@@ -298,3 +301,59 @@ def test_roi_just_above_the_limit_passes_wherever_it_lies(tmp_path: Path, offset
     io.write_exr(tmp_path / "roi.exr", {"A": roi})
     with pytest.raises(InputError, match=rf"the ROI keeps \d+ of the {MIN_ROI_WORKING_PX} pixels"):
         prepare(_roi_spec(tmp_path))
+
+
+# -- documentation -------------------------------------------------------------------------
+
+
+def _doc_example() -> dict:
+    text = (REPO / "docs" / "spec.md").read_text()
+    block = re.search(r"<!-- example -->\s*```json\n(.*?)```", text, re.S)
+    assert block, "docs/spec.md: no ```json block after <!-- example -->"
+    return json.loads(block.group(1))
+
+
+def _check(schema: dict, value: object, where: str) -> None:
+    """The subset of JSON Schema docs/build.schema.json uses: object/properties, type, enum."""
+    kinds = {"object": dict, "string": str, "integer": int, "number": (int, float), "boolean": bool}
+    kind = schema.get("type")
+    if kind:
+        assert isinstance(value, kinds[kind]), f"{where}: expected {kind}"
+        if kind in ("integer", "number"):
+            assert not isinstance(value, bool), f"{where}: expected {kind}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
+    if kind == "object":
+        props = schema.get("properties", {})
+        assert isinstance(value, dict)
+        for key, item in value.items():
+            assert key in props, f"{where}.{key}: not in the schema"
+            _check(props[key], item, f"{where}.{key}")
+        for key in schema.get("required", []):
+            assert key in value, f"{where}.{key}: required"
+
+
+def test_schema_file_is_current_and_the_documented_example_loads(tmp_path: Path) -> None:
+    committed = json.loads((REPO / "docs" / "build.schema.json").read_text())
+    assert committed == spec_schema(), (
+        "docs/build.schema.json is stale: regenerate it with\n  python -c 'import json; from "
+        "rna_engine.settings import spec_schema; print(json.dumps(spec_schema(), indent=2, "
+        "ensure_ascii=False))' > docs/build.schema.json"
+    )
+    example = _doc_example()
+    _check(committed, example, "spec")
+    (tmp_path / "spec.json").write_text(json.dumps(example))
+    spec = load_spec(tmp_path / "spec.json")
+    assert spec.plate == str(tmp_path / example["plate"])
+    with pytest.raises(AssertionError, match="colour_space: not in the schema"):
+        _check(committed, {**example, "colour_space": 1}, "spec")
+
+
+def test_spec_md_documents_every_field() -> None:
+    text = (REPO / "docs" / "spec.md").read_text()
+    top = spec_schema()["properties"]
+    for name in [*top, "build_hash", "engine_version", "cache_format_version", "torch"]:
+        assert f"| `{name}` |" in text, f"docs/spec.md: field {name} is not in a table"
+    for group, schema in top["settings"]["properties"].items():
+        if schema.get("type") == "object":
+            assert f"`settings.{group}`" in text, f"docs/spec.md: settings.{group} missing"
