@@ -357,3 +357,28 @@ def test_spec_md_documents_every_field() -> None:
     for group, schema in top["settings"]["properties"].items():
         if schema.get("type") == "object":
             assert f"`settings.{group}`" in text, f"docs/spec.md: settings.{group} missing"
+
+
+def test_service_applies_the_path_rule_at_submit(tmp_path: Path) -> None:
+    from rna_engine.service import ProtocolError, Service
+
+    svc = Service(tmp_path / "home", runner=lambda spec, ctx: None)
+    body = {"plate": "plate/p.####.exr", "roi": "roi.exr", "reference_frame": 1, "out": "c"}
+    with pytest.raises(ProtocolError, match="setting plate: relative path without root"):
+        svc._submit(body)
+    with pytest.raises(ProtocolError, match=r"setting root: 'shots' is not absolute"):
+        svc._submit({**body, "root": "shots"})
+    ocio = {"settings": {"ingest": {"ocio_config": "studio.ocio"}}}
+    absolute = {k: str(tmp_path / v) for k, v in body.items() if k != "reference_frame"}
+    with pytest.raises(ProtocolError, match="setting settings.ingest.ocio_config: relative"):
+        svc._submit({**body, **absolute, **ocio})
+    job_id = svc._submit({**body, "root": str(tmp_path)})["job_id"]
+    spec = svc._jobs[job_id].spec
+    assert (spec.plate, spec.roi, spec.out) == (
+        str(tmp_path / "plate/p.####.exr"),
+        str(tmp_path / "roi.exr"),
+        str(tmp_path / "c"),
+    )
+    # the same build sent with absolute paths is the same job
+    same = svc._submit({**body, **absolute, "root": str(tmp_path)})
+    assert same == {"job_id": job_id, "state": "queued", "existing": True}
