@@ -38,6 +38,7 @@ from rna_engine.cache import BuildPaths  # noqa: E402
 from rna_engine.context import RunContext  # noqa: E402
 from rna_engine.fit import Fitter, ShotTensors  # noqa: E402
 from rna_engine.flow import compute_correspondences  # noqa: E402
+from rna_engine.inputs import resolve_inputs  # noqa: E402
 from rna_engine.settings import BuildSpec, spec_from_dict  # noqa: E402
 from rna_engine.synth import make_shot, write_shot  # noqa: E402
 
@@ -128,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"preset": "draft", **SHORT_FIT},
         }
     )
-    data = pipeline.ingest(spec, RunContext(device=args.device))
+    inputs = resolve_inputs(spec)
+    data = pipeline.ingest(inputs, spec.settings.ingest, RunContext(device=args.device))
     result = _fit(spec, data, args.out / "fit.pt", args.device)
     fmt = PlateFormat(data.plate_width, data.plate_height, data.working_width, data.working_height)
 
     def read_plate(number: int) -> np.ndarray:
-        return pipeline._plate_rgb(data.frames[number])[0]
+        return pipeline._plate_rgb(inputs.plate[number])[0]
 
     rows: list[dict[str, Any]] = []
     first: dict[str, bytes] | None = None
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ingest_s = []
         for _ in range(args.ingest_repeats):
             t0 = time.perf_counter()
-            pipeline.ingest(spec, ctx)
+            pipeline.ingest(inputs, spec.settings.ingest, ctx)
             ingest_s.append(time.perf_counter() - t0)
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:
             paths = BuildPaths(Path(tmp))

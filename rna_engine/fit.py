@@ -27,6 +27,7 @@ from .context import RunContext
 from .errors import FitDiverged, InputError
 from .fields import RNAFields
 from .flow import Correspondences
+from .inputs import roi_fault
 from .settings import FitSettings, RefineSettings
 
 log = logging.getLogger(__name__)
@@ -717,11 +718,9 @@ def validate_shot(roi: Tensor, n_frames: int, reference_index: int, where: str =
         raise InputError("plate: a build needs at least 2 frames")
     if not 0 <= reference_index < n_frames:
         raise InputError(f"reference frame: index {reference_index} outside 0..{n_frames - 1}")
-    frac = float((roi > 0.5).float().mean())
-    if frac == 0.0:
-        raise InputError(f"{where}: the ROI is empty on the reference frame")
-    if frac > 0.98:
-        raise InputError(f"{where}: the ROI covers the whole frame; it must select a region")
+    fault = roi_fault(int((roi > 0.5).sum()), roi.numel())  # the rule `validate_inputs` applies
+    if fault is not None:
+        raise InputError(f"{where}: on the reference frame, {fault}")
 
 
 @torch.no_grad()

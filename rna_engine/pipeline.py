@@ -33,9 +33,17 @@ from .colour import WorkingSpace, working_space
 from .context import RunContext, open_device
 from .errors import Cancelled, InputError
 from .gpu_memory import StageMemory
+from .inputs import (
+    MIN_ROI_WORKING_PX,
+    ResolvedInputs,
+    min_roi_side_px,
+    resolve_inputs,
+    roi_fault,
+    roi_working,
+)
 from .pool import io_workers, ordered_map, thread_pool
 from .progress import ProgressTracker, Sink
-from .settings import BuildSpec, spec_to_dict
+from .settings import PATH_FIELDS, BuildSpec, IngestSettings, spec_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +60,9 @@ STAGE_WEIGHTS = {
 
 @dataclass
 class Ingested:
-    """The validated inputs of a build."""
+    """The validated inputs of a build, read: the plate at working resolution and the ROI."""
 
-    frames: dict[int, Path]
+    inputs: ResolvedInputs
     frame_numbers: list[int]
     reference_index: int
     plate_width: int
@@ -68,7 +76,6 @@ class Ingested:
     roi_working: np.ndarray
     """(H, W) float32 {0, 1} ROI at working resolution."""
     space: WorkingSpace
-    holdout: dict[int, Path] | None
 
 
 def _read_rgb(path: Path) -> tuple[np.ndarray, io.ImageData, int]:
@@ -94,33 +101,14 @@ def _plate_rgb(path: Path) -> tuple[np.ndarray, io.ImageData]:
     return rgb, image
 
 
-def read_matte(path: Path, channel: str, size: tuple[int, int], what: str) -> np.ndarray:
-    """One matte channel (H, W) of an image, checked against the plate size (W, H)."""
-    image = io.read_image(path)
-    matte = image.channel(io.alpha_channel_name(image.channels, channel))
-    if (image.width, image.height) != size:
-        raise InputError(
-            f"{path}: {what} is {image.width}x{image.height} but the plate is {size[0]}x{size[1]}"
-        )
-    return np.clip(np.nan_to_num(matte), 0.0, 1.0).astype(np.float32)
+def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) -> Ingested:
+    """Read the plate and ROI and encode the plate at working resolution.
 
-
-def _matte_path(spec: BuildSpec, pattern: str, frame: int) -> Path:
-    resolved = spec.resolve(pattern)
-    if io.parse_pattern(resolved) is None:
-        return resolved
-    return io.frame_path(resolved, frame)
-
-
-def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
-    """Read the plate, ROI and holdout and encode the plate at working resolution.
-
-    Expects `validate_inputs(spec)` to have passed (`run_build` calls it through `prepare`):
-    frame count, reference frame and matte sizes are not checked again here.
+    Expects `validate_inputs(inputs, settings)` to have passed (`run_build` calls it through
+    `prepare`): frame count, reference frame and matte sizes are not checked again here.
     """
-    settings = spec.settings.ingest
-    frames = io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
-    numbers = sorted(frames)
+    frames = inputs.plate
+    numbers = inputs.frame_numbers
     first, first_image = _plate_rgb(frames[numbers[0]])
     height, width = first.shape[:2]
     kind = settings.colour
@@ -128,12 +116,7 @@ def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
         kind = "scene_linear" if io.is_scene_linear_file(first_image) else "display"
     space = working_space(kind, settings.ocio_config)
     ww, wh = io.working_size(width, height, settings.working_long_side)
-    roi_path = _matte_path(spec, spec.roi, spec.reference_frame)
-    roi_plate = read_matte(roi_path, spec.roi_channel, (width, height), "the ROI")
-    roi_working = (io.resize_area(roi_plate[..., None], ww, wh)[..., 0] >= 0.5).astype(np.float32)
-    holdout: dict[int, Path] | None = None
-    if spec.holdout:
-        holdout = io.resolve_sequence(spec.resolve(spec.holdout), io.format_frame_range(numbers))
+    roi_plate = inputs.read_roi()
 
     def load(number: int) -> tuple[int, tuple[int, ...], np.ndarray | None]:
         """NaN/Inf count, plate size and working frame (None when the size is wrong)."""
@@ -165,18 +148,17 @@ def ingest(spec: BuildSpec, ctx: RunContext) -> Ingested:
             working[i] = frame
             ctx.reporter.update("ingest", (i + 1) / len(numbers), f"frame {number}")
     return Ingested(
-        frames,
+        inputs,
         numbers,
-        numbers.index(spec.reference_frame),
+        inputs.reference_index,
         width,
         height,
         ww,
         wh,
         working,
         roi_plate,
-        roi_working,
+        roi_working(roi_plate, ww, wh),
         space,
-        holdout,
     )
 
 
@@ -186,18 +168,27 @@ def _display_to_linear(rgb: np.ndarray) -> np.ndarray:
     return srgb_to_linear(np.clip(rgb, 0.0, 1.0))
 
 
-def build_hash(spec: BuildSpec) -> str:
-    """Content hash of a build: the spec (less version/device/root) and its input files."""
-    data = spec_to_dict(spec)
-    for key in ("version", "device", "root", "out", "name"):
+def build_hash(inputs: ResolvedInputs) -> str:
+    """Content hash of a build: its settings and input files, not where they lie.
+
+    The spec less version/device/root/out/name and its paths, plus (role, frame, name, size,
+    mtime) of every resolved input file: a shot moved with its cache, or a cache's `build.json`
+    re-run from elsewhere, keeps its hash.
+    """
+    data = spec_to_dict(inputs.spec)
+    for key in ("version", "device", "root", "out", "name", "spec_version", *PATH_FIELDS):
         data.pop(key, None)
+    roles: list[tuple[str, dict[int, Path]]] = [
+        ("plate", inputs.plate),
+        ("roi", {inputs.reference_frame: inputs.roi}),
+    ]
+    if inputs.holdout is not None:
+        roles.append(("holdout", inputs.holdout))
     files: list[Any] = []
-    for pattern in (spec.plate, spec.roi, spec.holdout):
-        if not pattern:
-            continue
-        for number, path in sorted(io.find_frames(spec.resolve(pattern)).items()):
+    for role, paths in roles:
+        for number, path in paths.items():
             st = path.stat()
-            files.append([number, path.name, st.st_size, int(st.st_mtime)])
+            files.append([role, number, path.name, st.st_size, int(st.st_mtime)])
     blob = json.dumps({"spec": data, "files": files, "engine": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -215,49 +206,64 @@ def _tracker(ctx: RunContext, sinks: list[Sink]) -> ProgressTracker:
     return ProgressTracker(STAGE_WEIGHTS, [*sinks, relay])
 
 
-def validate_inputs(spec: BuildSpec) -> None:
-    """Cheap checks of every input before anything is written (exit 2 with one line).
+def validate_inputs(inputs: ResolvedInputs, settings: IngestSettings) -> None:
+    """Cheap checks of the resolved inputs before anything is written (exit 2 with one line).
 
-    Frames exist and are at least two, the reference frame is inside the range, the ROI (and
-    holdout) exist with the plate's size, and the ROI is neither empty nor the whole frame.
+    The ROI (and the holdout) have the plate's size, and the ROI passes `inputs.roi_fault` at
+    the working size the fit will see: not empty, at least `MIN_ROI_WORKING_PX` pixels once
+    resampled, not the whole frame. (Frame count and reference frame: `resolve_inputs`.)
     """
-    frames = io.resolve_sequence(spec.resolve(spec.plate), spec.frames)
-    numbers = sorted(frames)
-    if len(numbers) < 2:
+    roi_path, ref = inputs.roi, inputs.reference_frame
+    roi = inputs.read_roi()
+    if not (roi >= 0.5).any():
+        raise InputError(f"{roi_path}: the ROI is empty on reference frame {ref}")
+    ww, wh = io.working_size(*inputs.plate_size, settings.working_long_side)
+    working = roi_working(roi, ww, wh)
+    inside = int(working.sum())
+    fault = roi_fault(inside, working.size)
+    if fault is not None and inside < MIN_ROI_WORKING_PX:
+        side = min_roi_side_px(inputs.plate_size, (ww, wh))
         raise InputError(
-            f"{frames[numbers[0]]}: a build needs at least 2 frames (found {len(numbers)})"
+            f"{roi_path}: the ROI keeps {inside} of the {MIN_ROI_WORKING_PX} pixels a fit needs"
+            f" at the working size {ww}x{wh} on reference frame {ref}; make it at least"
+            f" {side}x{side} plate pixels at this working size"
+            f" (ingest.working_long_side={settings.working_long_side})"
         )
-    if spec.reference_frame not in frames:
-        raise InputError(
-            f"reference frame {spec.reference_frame}: outside the plate's frames "
-            f"{io.format_frame_range(numbers)}"
-        )
-    first = io.read_image(frames[numbers[0]])
-    size = (first.width, first.height)
-    roi_path = _matte_path(spec, spec.roi, spec.reference_frame)
-    roi = read_matte(roi_path, spec.roi_channel, size, "the ROI")
-    inside = float((roi >= 0.5).mean())
-    if inside == 0.0:
-        raise InputError(f"{roi_path}: the ROI is empty on reference frame {spec.reference_frame}")
-    if inside > 0.98:
-        raise InputError(f"{roi_path}: the ROI covers the whole frame; it must select a region")
-    if spec.holdout:
-        holdout = io.resolve_sequence(spec.resolve(spec.holdout), io.format_frame_range(numbers))
-        read_matte(holdout[numbers[0]], spec.holdout_channel, size, "the holdout")
+    if fault is not None:
+        raise InputError(f"{roi_path}: {fault}")
+    if inputs.holdout is not None:
+        inputs.read_holdout(inputs.frame_numbers[0])
 
 
-def prepare(spec: BuildSpec) -> tuple[BuildPaths, str]:
-    """Validate the inputs; the version folder and hash of a build."""
-    validate_inputs(spec)
-    digest = build_hash(spec)
-    paths = choose_version(spec.resolve(spec.out), spec.name, spec.version, digest)
-    return paths, digest
+@dataclass(frozen=True)
+class Plan:
+    """A validated build: its resolved inputs, hash and version folder."""
+
+    inputs: ResolvedInputs
+    digest: str
+    paths: BuildPaths
 
 
-def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None) -> BuildPaths:
-    """Run (or resume) a whole build; returns the version folder it wrote."""
+def prepare(spec: BuildSpec) -> Plan:
+    """Resolve and validate the inputs; the hash and version folder of the build."""
+    inputs = resolve_inputs(spec)
+    validate_inputs(inputs, inputs.spec.settings.ingest)
+    digest = build_hash(inputs)
+    spec = inputs.spec
+    paths = choose_version(Path(spec.out), spec.name, spec.version, digest)
+    return Plan(inputs, digest, paths)
+
+
+def run_build(
+    spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None, plan: Plan | None = None
+) -> BuildPaths:
+    """Run (or resume) a whole build; returns the version folder it wrote.
+
+    `plan`: `prepare(spec)` when the caller already made it (the service's planner).
+    """
     started = time.time()
-    paths, digest = prepare(spec)
+    plan = plan or prepare(spec)
+    spec, paths, digest = plan.inputs.spec, plan.paths, plan.digest  # paths now absolute
     status = StatusFile(paths, digest)
     if status.data.get("state") == "done" and paths.atlas_exr.exists():
         log.info("%s: already built (hash %s)", paths.root, digest)
@@ -291,7 +297,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
                 "device": device,
             },
         )
-        result = _stages(spec, run, paths, digest, tracker, memory)
+        result = _stages(plan.inputs, run, paths, digest, tracker, memory)
     except Cancelled:
         status.set(
             state="cancelled", message="cancelled", finished=time.time(), timings=tracker.timings_s
@@ -335,7 +341,7 @@ def _cache_format() -> int:
 
 
 def _stages(
-    spec: BuildSpec,
+    inputs: ResolvedInputs,
     ctx: RunContext,
     paths: BuildPaths,
     digest: str,
@@ -349,11 +355,12 @@ def _stages(
     from .qc import write_qc
     from .quality import check_bake, check_fit
 
+    spec = inputs.spec
     settings = spec.settings
     device = torch.device(ctx.device)  # made ready by `open_device` in `run_build`
-    data = ingest(spec, ctx)
+    data = ingest(inputs, settings.ingest, ctx)
     roi = torch.from_numpy(data.roi_working)
-    validate_shot(roi, len(data.frame_numbers), data.reference_index, spec.roi)
+    validate_shot(roi, len(data.frame_numbers), data.reference_index, str(inputs.roi))
     frames = torch.from_numpy(data.working).permute(0, 3, 1, 2).contiguous().to(device)
     roi = roi.to(device)
     corr = compute_correspondences(frames, roi, data.reference_index, settings.flow, ctx)
@@ -393,21 +400,10 @@ def _stages(
     }
 
     def read_plate(number: int) -> np.ndarray:
-        rgb = _plate_rgb(data.frames[number])[0]
+        rgb = _plate_rgb(inputs.plate[number])[0]
         return rgb if data.space.kind == "scene_linear" else _display_to_linear(rgb)
 
-    read_holdout = None
-    if data.holdout is not None:
-        holdout = data.holdout
-
-        def read_holdout(number: int) -> np.ndarray:
-            return read_matte(
-                holdout[number],
-                spec.holdout_channel,
-                (data.plate_width, data.plate_height),
-                "the holdout",
-            )
-
+    read_holdout = inputs.read_holdout if inputs.holdout is not None else None
     del frames
     coverage = bake(
         result,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -52,7 +53,14 @@ from .cache import BuildPaths, StatusFile, atomic_path, read_status, version_dir
 from .context import RunContext
 from .errors import Cancelled, InputError
 from .progress import CancelToken, Event, ProgressTracker
-from .settings import PRESETS, BuildSpec, spec_from_dict, spec_to_dict
+from .settings import (
+    PRESETS,
+    BuildSpec,
+    absolute_paths,
+    relative_paths,
+    spec_from_dict,
+    spec_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +371,7 @@ def _find_cache_dir(spec: BuildSpec, since: float) -> str | None:
     With `version: 0` the pipeline picks the version; the service learns it from the status
     file the pipeline keeps current.
     """
-    build_dir = spec.resolve(spec.out) / spec.name
+    build_dir = Path(spec.out) / spec.name  # absolute since `_submit`
     if spec.version > 0:
         return str(build_dir / f"v{spec.version:03d}")
     best: tuple[float, Path] | None = None
@@ -657,17 +665,16 @@ class Service:
                 "invalid_spec", f"setting device: {spec.device!r} is not auto, cpu or cuda:N"
             )
         if not spec.root:
-            relative = [
-                key
-                for key in ("plate", "roi", "holdout", "out")
-                if getattr(spec, key) and not Path(getattr(spec, key)).expanduser().is_absolute()
-            ]
+            relative = relative_paths(spec)
             if relative:
                 raise ProtocolError(
                     "invalid_spec",
                     f"setting {relative[0]}: relative path without root (the engine does not run "
                     "in your folder); send absolute paths or set root",
                 )
+        elif not Path(spec.root).expanduser().is_absolute():
+            raise ProtocolError("invalid_spec", f"setting root: {spec.root!r} is not absolute")
+        spec = absolute_paths(spec, Path(spec.root or "/"))  # the path rule, once, at the door
         digest = spec_hash(spec)
         job_id = digest[:16]
         with self._lock:
@@ -815,9 +822,12 @@ class Service:
         state = "done"
         try:
             runner, weights, planner = self._resolve_runner()
-            if planner is not None and job.cache_dir is None:
-                # the folder run_build will pick: clients learn status.json before progress
-                self._update(job, cache_dir=str(planner(job.spec)[0].root))
+            if planner is not None:
+                # resolve and validate once; the folder run_build will use is known at once, so
+                # clients learn status.json before progress
+                plan = planner(job.spec)
+                self._update(job, cache_dir=str(plan.paths.root))
+                runner = functools.partial(runner, plan=plan)
             tracker = ProgressTracker(weights, sinks=[sink])
             ctx = RunContext(
                 auto_device=self.device,  # run_build opens the device in this worker thread

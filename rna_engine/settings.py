@@ -1,18 +1,29 @@
 """Validated, frozen settings for every stage, the named presets, and the build spec.
 
-`build.json` is `dataclasses.asdict(BuildSpec)`; `load_spec` reads it back and validates it.
-A bare number in stage code is a missing setting: add it here with its unit.
+`build.json` is `dataclasses.asdict(BuildSpec)` plus read-only build outputs; `load_spec` reads
+a hand-written spec or a cache's `build.json` back and validates it (schema: docs/spec.md).
+The path rule is applied once, at the door (`absolute_paths`): a spec file's relative paths are
+relative to its folder (or to its `root`), command-line paths to the current directory, and the
+cache's `build.json` stores them absolute. A bare number in stage code is a missing setting: add
+it here with its unit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_type_hints
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPEC_VERSION = 1
+"""Version of the build-spec schema this engine writes and reads (docs/spec.md)."""
 
 PresetName = Literal["draft", "standard", "final"]
 
@@ -512,10 +523,12 @@ def build_settings(
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build: the contents of `build.json` (DESIGN.md §4), relocatable.
+    """What to build: the contents of `build.json` (DESIGN.md §4; schema in docs/spec.md).
 
-    Relative paths are resolved against `root` (a job root; the spec file's folder by default),
-    so a spec moves with its shot and farm path mapping only has to rewrite `root`.
+    Paths are made absolute once, at the door (`load_spec`, the CLI, the service, `run_build`):
+    relative ones resolve against `root`, which defaults to the spec file's folder (the current
+    directory for command-line arguments). A spec moves with its shot, and farm path mapping only
+    has to rewrite the folder the spec lives in.
     """
 
     plate: str
@@ -524,6 +537,8 @@ class BuildSpec:
     """ROI matte: an image or a sequence pattern (its frame at the reference frame is used)."""
     reference_frame: int
     """Plate frame number the atlas is aligned with (the ROI must be unoccluded there)."""
+    spec_version: int = SPEC_VERSION
+    """Schema version of the spec (a spec without it is read as version 1)."""
     frames: str = ""
     """Frame range (`1001-1100`, `1-10x2`); empty: every frame found."""
     holdout: str = ""
@@ -542,9 +557,15 @@ class BuildSpec:
     """`auto`, `cpu` or `cuda:N`."""
     settings: BuildSettings = field(default_factory=BuildSettings)
     root: str = ""
-    """Folder relative paths are resolved against ('' = current directory)."""
+    """Folder relative paths resolve against ('' = the spec file's folder, or the current
+    directory for command-line arguments); once resolved, the absolute folder that was used."""
 
     def __post_init__(self) -> None:
+        _require(
+            self.spec_version == SPEC_VERSION,
+            "spec_version",
+            f"{self.spec_version} is not a version this engine reads ({SPEC_VERSION})",
+        )
         _require(bool(self.plate), "plate", "is empty")
         _require(bool(self.roi), "roi", "is empty")
         _require(self.version >= 0, "version", "must be >= 0")
@@ -554,23 +575,88 @@ class BuildSpec:
             "must be a plain folder name",
         )
 
-    def resolve(self, path: str) -> Path:
-        """`path` made absolute against `root`."""
-        p = Path(path).expanduser()
-        if p.is_absolute() or not self.root:
-            return p
-        return Path(self.root) / p
+
+PATH_FIELDS = ("plate", "roi", "holdout", "out")
+"""Spec fields holding a path or sequence pattern (each follows the path rule)."""
+SETTING_PATHS = (("ingest", "ocio_config"), ("matte", "vitmatte_dir"))
+"""Settings holding a path (`ocio://` URIs and '' are left alone)."""
+OUTPUT_FIELDS = ("build_hash", "engine_version", "cache_format_version", "torch")
+"""Read-only fields a cache's `build.json` adds to the spec; ignored when it is read back."""
+
+
+def _is_path(value: str) -> bool:
+    return bool(value) and "://" not in value
+
+
+def relative_paths(spec: BuildSpec) -> list[str]:
+    """Names of the spec's path fields and path settings that are relative."""
+    names = [
+        key
+        for key in PATH_FIELDS
+        if _is_path(getattr(spec, key)) and not Path(getattr(spec, key)).expanduser().is_absolute()
+    ]
+    for group, key in SETTING_PATHS:
+        value = getattr(getattr(spec.settings, group), key)
+        if _is_path(value) and not Path(value).expanduser().is_absolute():
+            names.append(f"settings.{group}.{key}")
+    return names
+
+
+def _absolute(value: str, base: Path) -> str:
+    if not _is_path(value):
+        return value
+    # normpath, not resolve(): symlinked mounts keep the names the farm maps
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+def absolute_paths(spec: BuildSpec, base: Path) -> BuildSpec:
+    """`spec` with every path absolute: relative ones against `spec.root`, else against `base`.
+
+    The one place the path rule is applied; `root` becomes the absolute folder that was used.
+    Idempotent: a spec whose paths are absolute comes back with the same paths.
+    """
+    folder = Path(_absolute(spec.root, Path(base).absolute()) if spec.root else base).absolute()
+    folder = Path(os.path.normpath(folder))
+    settings = spec.settings
+    for group, key in SETTING_PATHS:
+        part = getattr(settings, group)
+        fixed = _absolute(getattr(part, key), folder)
+        settings = dataclasses.replace(
+            settings, **{group: dataclasses.replace(part, **{key: fixed})}
+        )
+    changes: dict[str, Any] = {key: _absolute(getattr(spec, key), folder) for key in PATH_FIELDS}
+    return dataclasses.replace(spec, **changes, settings=settings, root=str(folder))
 
 
 def spec_to_dict(spec: BuildSpec) -> dict[str, Any]:
     return dataclasses.asdict(spec)
 
 
+def _drop_outputs(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` less the read-only outputs of a cache's `build.json` (and the device it ran on)."""
+    found = [key for key in OUTPUT_FIELDS if key in data]
+    if not found:
+        return data
+    data = {k: v for k, v in data.items() if k not in OUTPUT_FIELDS}
+    ran_on = data.pop("device", None)  # the device the build ran on, not a request
+    log.debug(
+        "build spec: ignoring the build record's read-only fields %s and device %r",
+        ", ".join(found),
+        ran_on,
+    )
+    return data
+
+
 def spec_from_dict(data: dict[str, Any]) -> BuildSpec:
-    """Validate a spec mapping; `settings` may be partial: preset first, then its other keys."""
+    """Validate a spec mapping; `settings` may be partial: preset first, then its other keys.
+
+    A cache's `build.json` is accepted: its read-only outputs (`OUTPUT_FIELDS`, and `device`,
+    which there is the device the build ran on) are ignored; any other unknown key is an error.
+    Paths are returned as given: apply the path rule with `absolute_paths`.
+    """
     if not isinstance(data, dict):
         raise InputError("build spec: expected a mapping")
-    data = dict(data)
+    data = _drop_outputs(dict(data))
     raw = data.pop("settings", None) or {}
     if not isinstance(raw, dict):
         raise InputError("setting settings: expected a mapping")
@@ -581,7 +667,8 @@ def spec_from_dict(data: dict[str, Any]) -> BuildSpec:
 
 
 def load_spec(path: Path) -> BuildSpec:
-    """Read and validate a `build.json`; relative paths resolve against its folder."""
+    """Read and validate a spec file or a cache's `build.json`, with every path made absolute
+    (relative ones against the file's folder, or its `root`)."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError as err:
@@ -590,6 +677,104 @@ def load_spec(path: Path) -> BuildSpec:
         raise InputError(f"{path}: not a readable JSON build spec ({err})") from err
     if not isinstance(data, dict):
         raise InputError(f"{path}: build spec must be a JSON object")
-    if not data.get("root"):
-        data["root"] = str(Path(path).resolve().parent)
-    return spec_from_dict(data)
+    return absolute_paths(spec_from_dict(data), Path(path).absolute().parent)
+
+
+def _field_docs() -> dict[str, dict[str, str]]:
+    """Class → field → the docstring under the field, read from this module's source."""
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = docs.setdefault(node.name, {})
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                fields[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _schema_of(cls: type, docs: dict[str, dict[str, str]], path: str) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        name = f"{path}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            item = _schema_of(hint, docs, f"{name}.")  # type: ignore[arg-type]
+            item["description"] = docs[cls.__name__].get(f.name) or " ".join(
+                (hint.__doc__ or "").split()
+            )
+            props[f.name] = item
+            continue
+        item = {"description": docs[cls.__name__].get(f.name, "")}
+        if getattr(hint, "__origin__", None) is Literal:
+            item.update(type="string", enum=list(get_args(hint)))
+        else:
+            item["type"] = {int: "integer", float: "number", bool: "boolean", str: "string"}[hint]
+        if f.default is not dataclasses.MISSING:
+            item["default"] = f.default
+        else:
+            required.append(f.name)
+        by_preset: dict[str, Any] = {}
+        if name.startswith("settings."):
+            keys = name.split(".")[1:]
+            for preset, values in PRESETS.items():
+                value = _preset_value(values, keys)
+                if value is not None:
+                    by_preset[preset] = value
+        if by_preset:
+            item["x-presets"] = by_preset
+        props[f.name] = item
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _preset_value(values: dict[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(values, dict) or key not in values:
+            return None
+        values = values[key]
+    return values
+
+
+def spec_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a build spec, from the dataclasses and their docstrings.
+
+    `default` is the value before the preset; `x-presets` lists what each preset sets instead.
+    The read-only outputs of a cache's `build.json` are `readOnly`. docs/build.schema.json is
+    this, checked by the tests.
+    """
+    docs = _field_docs()
+    schema = _schema_of(BuildSpec, docs, "")
+    settings = schema["properties"]["settings"]
+    settings["description"] = (
+        "Stage settings: `preset` first, then any of its keys override it (a partial mapping)."
+    )
+    for key, text in (
+        ("build_hash", "Content hash of the build (settings and input files)."),
+        ("engine_version", "Engine version that wrote the build."),
+        ("cache_format_version", "Version of the cache layout (DESIGN.md §4)."),
+        ("torch", "PyTorch version of the build."),
+    ):
+        kind = "integer" if key == "cache_format_version" else "string"
+        schema["properties"][key] = {"type": kind, "readOnly": True, "description": text}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"RNA for Nuke build spec, spec_version {SPEC_VERSION}",
+        "description": "A hand-written spec or a cache's build.json (docs/spec.md).",
+        **schema,
+    }

@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def populate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", help="a build.json; the other input options are then ignored")
+    parser.add_argument(
+        "--spec",
+        help="a spec file or a cache's build.json (docs/spec.md); the other input options are "
+        "then ignored",
+    )
     parser.add_argument("--plate", help="plate sequence (name.####.exr, %%04d, @) or file")
     parser.add_argument("--roi", help="ROI matte image or sequence (its reference frame is used)")
     parser.add_argument("--ref", type=int, help="reference frame number")
@@ -66,10 +70,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
+    """The build spec, paths absolute: a `--spec` file's relative to its folder, the options'
+    relative to the current directory (docs/spec.md)."""
     from pathlib import Path
 
     from rna_engine.errors import InputError
-    from rna_engine.settings import load_spec, spec_from_dict
+    from rna_engine.settings import absolute_paths, load_spec, spec_from_dict
 
     if args.spec:
         return load_spec(Path(args.spec))
@@ -77,7 +83,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     if missing:
         raise InputError(f"setting --{missing[0]}: required (or give --spec)")
     settings = {"preset": args.preset, "seed": args.seed, **parse_overrides(args.set)}
-    return spec_from_dict(
+    spec = spec_from_dict(
         {
             "plate": args.plate,
             "roi": args.roi,
@@ -93,6 +99,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
             "settings": settings,
         }
     )
+    return absolute_paths(spec, Path.cwd())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -286,7 +286,7 @@ def pin_version(spec_path: Path, spec: BuildSpec, reserve: bool = True) -> Build
         raw = json.loads(spec_path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{spec_path}: cannot re-read the build spec ({err})") from err
-    cache_root = spec.resolve(spec.out)
+    cache_root = Path(spec.out)  # absolute: `load_spec`
     try:
         for _ in range(100):
             paths = choose_version(cache_root, spec.name, 0, _NO_HASH)
@@ -388,12 +388,12 @@ def make_job(
             raise InputError(f"{apply_atlas}: edited atlas not found")
         render = ApplyRender(
             atlas=apply_atlas,
-            plate=absolute(spec.resolve(spec.plate)),
+            plate=absolute(spec.plate),
             out=absolute(apply_out),
         )
     job_root = job_root_of(spec, spec_path)
     spec = pin_version(spec_path, spec, reserve=reserve)
-    build_dir = absolute(spec.resolve(spec.out)) / spec.name / f"v{spec.version:03d}"
+    build_dir = absolute(spec.out) / spec.name / f"v{spec.version:03d}"
     environment = {"NUKE_PATH": str(absolute(nuke_path))} if nuke_path else {}
     options.setdefault("user", os.environ.get("USER") or getpass.getuser())
     return FarmJob(

@@ -25,6 +25,7 @@ from rna_engine.cli import main
 from rna_engine.colour import working_space
 from rna_engine.context import RunContext
 from rna_engine.errors import InputError
+from rna_engine.inputs import resolve_inputs
 from rna_engine.pipeline import Ingested, ingest
 from rna_engine.qc import encoded_error
 from rna_engine.settings import spec_from_dict
@@ -214,7 +215,7 @@ def _ingest(shot_dir: Path, workers: int) -> Ingested:
             "settings": {"preset": "draft", "ingest": {"working_long_side": 32}},
         }
     )
-    return ingest(spec, RunContext(io_workers=workers))
+    return ingest(resolve_inputs(spec), spec.settings.ingest, RunContext(io_workers=workers))
 
 
 def test_ingest_names_the_first_wrong_sized_frame_in_the_middle(tmp_path: Path) -> None:
