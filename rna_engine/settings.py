@@ -24,7 +24,7 @@ def _require(cond: bool, name: str, why: str) -> None:
 
 @dataclass(frozen=True)
 class HashGridSettings:
-    """Multiresolution hash encoding (ALGORITHM.md §1.4; tinycudann's parameter layout)."""
+    """Multiresolution hash encoding (docs/method.md §1.4; tinycudann's parameter layout)."""
 
     n_levels: int = 16
     """Number of resolution levels."""
@@ -53,7 +53,7 @@ class HashGridSettings:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Reading the plate and ROI (DESIGN.md §3.1)."""
+    """Reading the plate and ROI (docs/architecture.md)."""
 
     working_long_side: int = 768
     """Long side of the working resolution in pixels (the fit runs there; the bake does not)."""
@@ -70,7 +70,7 @@ class IngestSettings:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """Correspondences (ALGORITHM.md §3)."""
+    """Correspondences (docs/method.md §3)."""
 
     backend: Literal["dis", "raft"] = "dis"
     """Optical-flow backend: OpenCV DIS (no weights) or torchvision RAFT (installed weights)."""
@@ -155,7 +155,7 @@ class FlowSettings:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Loss weights (ALGORITHM.md §2.2); defaults are the authors'."""
+    """Loss weights (docs/method.md §2.2); defaults are the authors'."""
 
     rgb: float = 1.0
     """Reconstruction (Eq. 3)."""
@@ -181,7 +181,7 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Joint atlas estimation (ALGORITHM.md §2, §4)."""
+    """Joint atlas estimation (docs/method.md §2, §4)."""
 
     pretrain_steps: int = 2000
     """Identity pre-training steps of the UV mapping T."""
@@ -250,7 +250,7 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """Mask refinement, M only (ALGORITHM.md §5)."""
+    """Mask refinement, M only (docs/method.md §5)."""
 
     iterations: int = 20_000
     """Refinement steps."""
@@ -277,7 +277,7 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class MatteSettings:
-    """Soft matte from the refined mask (ALGORITHM.md §6; `rna_engine/matte.py`)."""
+    """Soft matte from the refined mask (docs/method.md §6; `rna_engine/matte.py`)."""
 
     backend: Literal["guided", "vitmatte"] = "guided"
     """Matting: weight-free guided-filter matting, or ViTMatte (installed weights)."""
@@ -348,7 +348,7 @@ class MatteSettings:
 
 @dataclass(frozen=True)
 class BakeSettings:
-    """Writing the cache at plate resolution (DESIGN.md §4)."""
+    """Writing the cache at plate resolution (docs/cache.md)."""
 
     atlas_scale: float = 1.0
     """Atlas raster size as a multiple of the plate format."""
@@ -484,7 +484,7 @@ def build_settings(
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build: the contents of `build.json` (DESIGN.md §4), relocatable.
+    """What to build: the contents of `build.json` (docs/cache.md), relocatable.
 
     Relative paths are resolved against `root` (a job root; the spec file's folder by default),
     so a spec moves with its shot and farm path mapping only has to rewrite `root`.
