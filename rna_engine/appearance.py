@@ -1,4 +1,4 @@
-"""Appearance test of a flow match (ALGORITHM.md §3.2–3.4): does p in frame a look like p + F(p)
+"""Appearance test of a flow match (docs/method.md §3.2–3.4): does p in frame a look like p + F(p)
 in frame b?
 
 Two backends behind one interface (`features` once per shot, `similarity` per batch of flows),
@@ -188,7 +188,7 @@ class DescriptorAppearance:
 
 
 class DinoAppearance:
-    """DINO / DINOv2 patch-token cosine (ALGORITHM.md §3.2).
+    """DINO / DINOv2 patch-token cosine (docs/method.md §3.2).
 
     Args:
         model: a `transformers` ViTModel or Dinov2Model in eval mode.

@@ -1,4 +1,4 @@
-"""RNAApply's comp math (DESIGN.md §8), the reference implementation of `gizmos/RNAApply.gizmo`.
+"""RNAApply's comp math (docs/cache.md), the reference implementation of `gizmos/RNAApply.gizmo`.
 
 For every plate pixel `p`, with `E`/`O` the edited/original atlas looked up through the cached UV
 with the same filter (so unpainted texels cancel exactly), `m = matte · mask`, `S = shade`:

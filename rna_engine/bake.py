@@ -1,8 +1,8 @@
-"""Bake: query the fitted fields at plate resolution and write the cache (DESIGN.md §4).
+"""Bake: query the fitted fields at plate resolution and write the cache (docs/cache.md).
 
 Per plate frame: `rna_uv.u/v` (FLOAT32, STMap convention), `rna_matte.m` (soft matte, holdout
 applied), `rna_mask.m` (refined M), `rna_shade.red/green/blue` (linear-light ratio of the
-reconstructed to the atlas colour, DESIGN.md §7). The data window is the frame's ROI bounding
+reconstructed to the atlas colour, docs/cache.md). The data window is the frame's ROI bounding
 box plus a margin; outside it Nuke sees zeros (matte 0, so RNAApply leaves the plate alone
 there). The atlas is rendered in the plate's format (× `atlas_scale`), aligned with the reference
 frame, scene-linear, with A = the ROI footprint; it extends past the ROI (the atlas field is
@@ -85,7 +85,7 @@ def data_window(mask_working: Tensor, fmt: PlateFormat, margin_px: int) -> tuple
 
 
 def shade_linear(shaded: np.ndarray, atlas: np.ndarray, space: WorkingSpace) -> np.ndarray:
-    """Linear-light ratio decode(S·A) / decode(A), (P, 3) float32 (DESIGN.md §7).
+    """Linear-light ratio decode(S·A) / decode(A), (P, 3) float32 (docs/method.md §6).
 
     Args:
         shaded: (P, 3) float32 clamp(S·A, 0, 1), working-encoded.

@@ -1,4 +1,4 @@
-"""Layout of the cache (DESIGN.md §4); every write is atomic.
+"""Layout of the cache (docs/cache.md); every write is atomic.
 
 ```
 <cache_root>/<build_name>/v001/
@@ -164,7 +164,7 @@ def choose_version(cache_root: Path, name: str, version: int, build_hash: str) -
 
 
 def new_status(build_hash: str, state: str = "queued") -> dict[str, Any]:
-    """A fresh `status.json` body (DESIGN.md §4)."""
+    """A fresh `status.json` body (docs/cache.md)."""
     return {
         "state": state,
         "stage": "",

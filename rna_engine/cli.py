@@ -1,4 +1,4 @@
-"""`rna-engine` command line (DESIGN.md §6).
+"""`rna-engine` command line (README.md; exit codes in docs/architecture.md).
 
 Each subcommand is a small module in `rna_engine.commands` with `NAME`, `HELP`,
 `populate(parser)` and `run(args) -> int`; modules are imported only when their command runs,

@@ -1,4 +1,4 @@
-"""Colour: the OCIO config, the fit's working encoding and its inverse (DESIGN.md §7).
+"""Colour: the OCIO config, the fit's working encoding and its inverse (docs/cache.md, Colour).
 
 The fit runs in a bounded, roughly perceptual encoding because losses on raw linear values
 over-weight highlights:

@@ -1,4 +1,4 @@
-"""The run context: what travels with a job instead of global state (STYLE.md)."""
+"""The run context: what travels with a job instead of global state (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The four RNA fields — UV mapping T, atlas A, mask M, illumination S (ALGORITHM.md §1).
+"""The four RNA fields — UV mapping T, atlas A, mask M, illumination S (docs/method.md §1).
 
 `HashGrid` is the PyTorch reference of the multiresolution hash encoding. Its parameters are one
 flat vector in tinycudann's layout (levels one after another; a level holds
@@ -6,7 +6,7 @@ flat vector in tinycudann's layout (levels one after another; a level holds
 tinycudann `Encoding`'s `params` load unchanged and every fast backend in `kernels/` computes the
 same function on the same tensor (the tests compare them).
 
-Coordinates (STYLE.md names): `xyt_norm` is ALGORITHM.md §1.2's normalisation — x and y divided
+Coordinates: `xyt_norm` is docs/method.md §1.2's normalisation — x and y divided
 by half the long side minus 1, t̃ = t/(N/2) − 1 — and `uv_norm` is T's output in (−1, 1), which
 the position loss pins to the reference frame's `xy_norm`.
 """
@@ -138,7 +138,7 @@ class HashGrid(nn.Module):
 
 
 def mlp(n_in: int, width: int, n_out: int, n_linear: int = 4) -> nn.Sequential:
-    """`n_linear` Linear layers with ReLU between them (ALGORITHM.md §1.3: 4 linear layers)."""
+    """`n_linear` Linear layers with ReLU between them (docs/method.md §1.3: 4 linear layers)."""
     layers: list[nn.Module] = []
     dims = [n_in] + [width] * (n_linear - 1)
     for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -148,15 +148,15 @@ def mlp(n_in: int, width: int, n_out: int, n_linear: int = 4) -> nn.Sequential:
 
 
 class RNAFields(nn.Module):
-    """T, A, M and S with the authors' architecture (ALGORITHM.md §1.3).
+    """T, A, M and S with the authors' architecture (docs/method.md §1.3).
 
     Args:
         settings: widths and hash-grid settings.
         atlas_box: (u0, v0, u1, v1) the uv_norm box the atlas grid spans (the ROI's neighbourhood
             on the reference frame), so the grid's cells are spent on the ROI, not on the empty
-            rest of [−1, 1]² (ALGORITHM.md §1.4: only ~107 of 455 finest cells cover a typical ROI).
+            rest of [−1, 1]² (docs/method.md §1.3: only ~107 of 455 finest cells cover a typical ROI).
         xy_extent: (x_max, y_max) of xy_norm, so the mask grid's y axis spans the frame
-            (ALGORITHM.md §1.2: a 16:9 frame otherwise uses only 56 % of it).
+            (docs/method.md §1.3: a 16:9 frame otherwise uses only 56 % of it).
         grid_factory: builds a hash grid (`kernels.make_hash_grid`); default the reference.
     """
 

@@ -1,11 +1,11 @@
 """Fitting the RNA fields: identity pre-training, joint atlas estimation, mask refinement.
 
-ALGORITHM.md §2, §4, §5, with the performance design of §8.1: frames, flows and masks live on
+docs/method.md §2, §4, §5, with the performance design of its §8.1: frames, flows and masks live on
 the device; sampling happens there, stratified so every step has reference-frame and ROI
 samples; one concatenated batch goes through T per step; matches are computed once; losses are
 read back only every `log_every` steps (the loop never waits for the host otherwise).
 Checkpoints go to `work/` every `checkpoint_every` steps; a rerun resumes from the last one.
-Fixes of the authors' bugs (§8.6): position loss on the ROI (configurable), no checkpoint
+Fixes of the authors' bugs (docs/method.md §8.2): position loss on the ROI (configurable), no checkpoint
 selection on one easy frame, correct splatting for the candidate set, seeds everywhere.
 """
 
@@ -62,7 +62,7 @@ class ShotTensors:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Coordinate normalisation of ALGORITHM.md §1.2 for one shot."""
+    """Coordinate normalisation of docs/method.md §1.2 for one shot."""
 
     width: int
     height: int
@@ -205,7 +205,7 @@ def _sample_bilinear(image: Tensor, t: Tensor, x: Tensor, y: Tensor) -> Tensor:
 
 
 class Fitter:
-    """Runs the three fit stages on one shot (ALGORITHM.md §4, §5)."""
+    """Runs the three fit stages on one shot (docs/method.md §4, §5)."""
 
     def __init__(
         self,
@@ -415,7 +415,7 @@ class Fitter:
     # Stage 1: identity pre-training of T
 
     def pretrain(self, start: int = 0) -> None:
-        """Fit T(x, y, t) ≈ (x̃, ỹ) for every frame (ALGORITHM.md §4)."""
+        """Fit T(x, y, t) ≈ (x̃, ỹ) for every frame (docs/method.md §4)."""
         total = self.pretrain_steps
         if start >= total:
             return
@@ -449,7 +449,7 @@ class Fitter:
     # Stage 2: joint atlas estimation
 
     def _joint_losses(self, index: Tensor, boot_on: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """All losses of ALGORITHM.md §2 on one batch of flat pixel indices."""
+        """All losses of docs/method.md §2 on one batch of flat pixel indices."""
         shot, geo, model, w = self.shot, self.geometry, self.model, self.fit.weights
         corr = shot.corr
         hw = shot.height * shot.width
@@ -514,7 +514,7 @@ class Fitter:
         return total, terms
 
     def joint(self, start: int = 0) -> None:
-        """Joint estimation of T, A, M, S (ALGORITHM.md §4, 'Atlas estimation')."""
+        """Joint estimation of T, A, M, S (docs/method.md §4)."""
         total = self.iterations
         model = self.model
         hash_params = list(model.atlas_grid.parameters()) + list(model.mask_grid.parameters())
@@ -563,8 +563,8 @@ class Fitter:
     def _prediction_and_candidates(self) -> tuple[Tensor, Tensor]:
         """S·A(T(p)) for every pixel (N, 3, H, W) and the candidate set Ω (N, H, W) bool.
 
-        Ω (ALGORITHM.md §5.1): the reference ROI splatted into atlas space through T on the
-        reference frame (max-combined, no lost duplicates: fixes §8.6 bug 5), then pulled back
+        Ω (docs/method.md §5.1): the reference ROI splatted into atlas space through T on the
+        reference frame (max-combined, no lost duplicates: a fix of docs/method.md §8.2), then pulled back
         through T of every frame by a bilinear lookup > 0.5.
         """
         shot, geo, model = self.shot, self.geometry, self.model
@@ -604,7 +604,7 @@ class Fitter:
         return pred, cand
 
     def refine(self, start: int = 0) -> None:
-        """M-only refinement (ALGORITHM.md §5, Eqs. 9–10)."""
+        """M-only refinement (docs/method.md §5, Eqs. 9–10)."""
         total = self.refine_steps
         if total <= 0:
             return

@@ -1,4 +1,4 @@
-"""Correspondences stage (DESIGN.md §3 stage 2, ALGORITHM.md §3.3–3.5).
+"""Correspondences stage (docs/architecture.md, docs/method.md §3.3–3.5).
 
 Computes, for N frames and a reference frame r:
 - adjacent flows t→t+1 and t→t−1, valid where the forward–backward cycle error is under
@@ -544,7 +544,7 @@ class _Aggregator:
         ref: Tensor,
         ref_valid: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Flow t→r: true mean of the valid chains t→m→r and the direct flow (ALGORITHM.md §3.4).
+        """Flow t→r: true mean of the valid chains t→m→r and the direct flow (docs/method.md §3.4).
 
         `hops` holds the flows t→m then m→t for the targets of `_chain(t)`, None if it has none.
         """

@@ -1,4 +1,4 @@
-"""The RNA losses (ALGORITHM.md §2, paper Eqs. 3–10), pure tensor functions.
+"""The RNA losses (docs/method.md §2, paper Eqs. 3–10), pure tensor functions.
 
 Every "mean" is over the samples that qualify, computed as sum(mask·x)/max(sum(mask), 1) so the
 loop never synchronises with the host. Distances that go through a square root get an epsilon

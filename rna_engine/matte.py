@@ -1,4 +1,4 @@
-"""Soft matte of the visible ROI from the refined mask (DESIGN.md §3 stage 5, ALGORITHM.md §6).
+"""Soft matte of the visible ROI from the refined mask (docs/method.md §6).
 
 Contract: `soft_matte` turns the fit's hard-ish mask M (plate resolution, 0..1) and the plate
 into a soft matte of the visible ROI at plate resolution, float32 in [0, 1], one frame at a time

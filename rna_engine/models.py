@@ -1,4 +1,4 @@
-"""Registry of installed learned-backend weights and their loaders (DESIGN.md §3 backends).
+"""Registry of installed learned-backend weights and their loaders (docs/architecture.md, backends).
 
 Weights are never downloaded: the user installs a local file or folder with
 `rna-engine models install raft|dino --from PATH`, which copies it under

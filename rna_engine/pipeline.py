@@ -1,4 +1,4 @@
-"""The build: ingest → correspondences → fit → refine → matte + bake → QC (DESIGN.md §3).
+"""The build: ingest → correspondences → fit → refine → matte + bake → QC (docs/architecture.md).
 
 `run_build(spec, ctx)` is what the CLI, the service and the farm run. It validates every input
 before anything is written, picks the cache version (never overwriting a finished build of other

@@ -1,6 +1,6 @@
 """QC: `qc/report.json` (per-frame ROI PSNR, timings, memory, backends) and `qc/contact.png`.
 
-Per frame, worst frame first (ALGORITHM.md §7.1 says the authors' protocol cannot be reproduced,
+Per frame, worst frame first (docs/method.md §7.1 says the authors' protocol cannot be reproduced,
 so we define ours; the measures are `rna_engine.quality.frame_measures`): at working resolution,
 inside the tracked ROI Ω_t — pixels whose T lands in the reference ROI's footprint —
 - `psnr_roi`: the model's reconstruction Î = M·S·A + (1 − M)·I against I (the paper's measure);
@@ -47,23 +47,55 @@ def encoded_error(
 
 
 def contact_sheet(
-    rows: list[tuple[torch.Tensor, ...]], decode: Any, atlas_rgb: np.ndarray
+    rows: list[tuple[torch.Tensor, ...]],
+    decode: Any,
+    atlas_rgb: np.ndarray,
+    frame_numbers: list[int] | None = None,
+    reference_frame: int | None = None,
 ) -> np.ndarray:
-    """Grid: per row plate | reconstruction | mask | error heat map; last row the atlas."""
+    """Grid: per row plate | reconstruction | mask | error heat map; last row the atlas.
+
+    A band over each tile names its column and frame (`frame_numbers`, one per row; the
+    reference frame is marked `ref`); the atlas tile is labelled `atlas`.
+    """
+    columns = ("plate", "recon", "mask M", "error")
     tiles = []
-    for image, pred, mask, err in rows:
+    for k, (image, pred, mask, err) in enumerate(rows):
         plate = preview_srgb(decode(image.permute(1, 2, 0).cpu().numpy()))
         rec = preview_srgb(decode(pred.clamp(0, 1).permute(1, 2, 0).cpu().numpy()))
         m = np.repeat(mask.cpu().numpy()[..., None], 3, -1)
         e = np.clip(err.cpu().numpy() * 8.0, 0, 1)
         heat = np.stack([e, np.sqrt(e) * 0.6, 1 - e], -1) * (e[..., None] > 0.002)
-        tiles.append(np.concatenate([plate, rec, m, heat], 1))
+        number = "" if frame_numbers is None else f" {frame_numbers[k]}"
+        if frame_numbers is not None and frame_numbers[k] == reference_frame:
+            number += " ref"
+        labelled = [
+            np.concatenate([_label_band(tile.shape[1], name + number), tile], 0)
+            for name, tile in zip(columns, (plate, rec, m, heat), strict=True)
+        ]
+        tiles.append(np.concatenate(labelled, 1))
     sheet = np.concatenate(tiles, 0)
     atlas = preview_srgb(atlas_rgb)
-    h, w = tiles[0].shape[0], tiles[0].shape[1] // 4
-    atlas_small = _fit(atlas, w, h)
-    pad = np.zeros((h, sheet.shape[1] - atlas_small.shape[1], 3), np.float32)
+    h, w = rows[0][0].shape[1], rows[0][0].shape[2]
+    atlas_small = np.concatenate([_label_band(w, "atlas"), _fit(atlas, w, h)], 0)
+    pad = np.zeros((atlas_small.shape[0], sheet.shape[1] - w, 3), np.float32)
     return np.concatenate([sheet, np.concatenate([atlas_small, pad], 1)], 0)
+
+
+LABEL_BAND_PX = 14
+"""Height of the contact sheet's label bands."""
+
+
+def _label_band(width: int, text: str) -> np.ndarray:
+    """(LABEL_BAND_PX, width, 3) float32 dark band with `text` in white."""
+    import cv2
+
+    band = np.full((LABEL_BAND_PX, width, 3), 30, np.uint8)  # putText draws on 8-bit only
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (text_w, _), _ = cv2.getTextSize(text, font, 0.38, 1)
+    scale = 0.38 * min(1.0, (width - 4) / max(text_w, 1))  # narrow working-res tiles
+    cv2.putText(band, text, (2, LABEL_BAND_PX - 4), font, scale, (255, 255, 255), 1)
+    return band.astype(np.float32) / 255.0
 
 
 def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -133,5 +165,9 @@ def write_qc(
     }
     write_json_atomic(paths.qc_dir / "report.json", report)
     atlas = read_image(paths.atlas_exr).pixels[..., :3]
-    write_png(paths.qc_dir / "contact.png", contact_sheet(rows, data.space.decode, atlas))
+    numbers = [data.frame_numbers[t] for t in sheet_frames]
+    sheet = contact_sheet(
+        rows, data.space.decode, atlas, numbers, data.frame_numbers[shot.reference_index]
+    )
+    write_png(paths.qc_dir / "contact.png", sheet)
     return report

@@ -1,4 +1,4 @@
-"""The engine's local socket service (DESIGN.md §5): one GPU job at a time, many clients.
+"""The engine's local socket service (docs/protocol.md): one GPU job at a time, many clients.
 
 Transport: TCP on 127.0.0.1, an ephemeral port, announced in a discovery file
 `$RNA_HOME/engine.json` = `{pid, port, token, protocol, version, device}` (mode 0600, written

@@ -35,7 +35,7 @@ def _require(cond: bool, name: str, why: str) -> None:
 
 @dataclass(frozen=True)
 class HashGridSettings:
-    """Multiresolution hash encoding (ALGORITHM.md §1.4; tinycudann's parameter layout)."""
+    """Multiresolution hash encoding (docs/method.md §1.4; tinycudann's parameter layout)."""
 
     n_levels: int = 16
     """Number of resolution levels."""
@@ -64,7 +64,7 @@ class HashGridSettings:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Reading the plate and ROI (DESIGN.md §3.1)."""
+    """Reading the plate and ROI (docs/architecture.md)."""
 
     working_long_side: int = 768
     """Long side of the working resolution in pixels (the fit runs there; the bake does not)."""
@@ -81,7 +81,7 @@ class IngestSettings:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """Correspondences (ALGORITHM.md §3)."""
+    """Correspondences (docs/method.md §3)."""
 
     backend: Literal["dis", "raft"] = "dis"
     """Optical-flow backend: OpenCV DIS (no weights) or torchvision RAFT (installed weights)."""
@@ -166,7 +166,7 @@ class FlowSettings:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Loss weights (ALGORITHM.md §2.2); defaults are the authors'."""
+    """Loss weights (docs/method.md §2.2); defaults are the authors'."""
 
     rgb: float = 1.0
     """Reconstruction (Eq. 3)."""
@@ -192,7 +192,7 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Joint atlas estimation (ALGORITHM.md §2, §4)."""
+    """Joint atlas estimation (docs/method.md §2, §4)."""
 
     pretrain_steps: int = 2000
     """Identity pre-training steps of the UV mapping T."""
@@ -261,7 +261,7 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """Mask refinement, M only (ALGORITHM.md §5)."""
+    """Mask refinement, M only (docs/method.md §5)."""
 
     iterations: int = 20_000
     """Refinement steps."""
@@ -288,7 +288,7 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class MatteSettings:
-    """Soft matte from the refined mask (ALGORITHM.md §6; `rna_engine/matte.py`)."""
+    """Soft matte from the refined mask (docs/method.md §6; `rna_engine/matte.py`)."""
 
     backend: Literal["guided", "vitmatte"] = "guided"
     """Matting: weight-free guided-filter matting, or ViTMatte (installed weights)."""
@@ -359,7 +359,7 @@ class MatteSettings:
 
 @dataclass(frozen=True)
 class BakeSettings:
-    """Writing the cache at plate resolution (DESIGN.md §4)."""
+    """Writing the cache at plate resolution (docs/cache.md)."""
 
     atlas_scale: float = 1.0
     """Atlas raster size as a multiple of the plate format."""
@@ -523,7 +523,7 @@ def build_settings(
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build: the contents of `build.json` (DESIGN.md §4; schema in docs/spec.md).
+    """What to build: the contents of `build.json` (docs/cache.md; schema in docs/spec.md).
 
     Paths are made absolute once, at the door (`load_spec`, the CLI, the service, `run_build`):
     relative ones resolve against `root`, which defaults to the spec file's folder (the current

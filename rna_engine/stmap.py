@@ -1,4 +1,4 @@
-"""UV conventions and Nuke-exact STMap sampling (DESIGN.md §4, NUKE.md §2.1).
+"""UV conventions and Nuke-exact STMap sampling (docs/cache.md).
 
 Three coordinate systems meet here; every name says which one it holds:
 
@@ -8,7 +8,7 @@ Three coordinate systems meet here; every name says which one it holds:
   Normalised, so the atlas may be resampled to any size.
 - `x_px, row_px`: continuous pixel coordinates of an image, column from the left, row from the
   top; pixel `(x, row)` covers `[x, x+1) × [row, row+1)`, its centre is at `+0.5`.
-- `uv_norm`: the fit's normalised frame coordinates (ALGORITHM.md §1.2) at the working resolution
+- `uv_norm`: the fit's normalised frame coordinates (docs/method.md §1.2) at the working resolution
   `W_w × H_w`: `x̃ = x/(rez/2) − 1`, `ỹ = y/(rez/2) − 1`, `rez = max(W_w, H_w)`, with `x` the
   column and `y` the top-down row, pixel **centres at integers**.
 
@@ -213,7 +213,7 @@ def sample_stmap(image: np.ndarray, uv_stmap: np.ndarray, filter: str = "cubic")
 
     Convention:
         `uv_stmap` is normalised over the whole image, origin bottom-left, pixel centres at +0.5
-        (DESIGN.md §4). The lookup point is `(u·W, v·H)` with y up; the taps are the pixels whose
+        (docs/cache.md). The lookup point is `(u·W, v·H)` with y up; the taps are the pixels whose
         centres `(i + 0.5, j + 0.5)` lie within the kernel's support, weighted separably. Edge
         mode is **clamp** (the edge pixels repeat): Nuke extends every image beyond its bounding
         box by repeating the edge pixels, and the atlas's bounding box is its format. `impulse`

@@ -9,7 +9,7 @@ exact:
 
 - `true_ref_xy[t, row, x]`: where the surface point seen at pixel (x, row) of frame t lies in the
   reference frame, in pixels (pixel centres at integer coordinates). The surface's own coordinates
-  *are* reference-frame pixels, so the atlas (aligned with the reference frame, DESIGN.md §4) and
+  *are* reference-frame pixels, so the atlas (aligned with the reference frame, docs/cache.md) and
   the surface texture share one raster.
 - `occlusion`: combined occluder alpha (1 = surface hidden).
 - `illumination`: linear-light RGB multiplier of the surface.
@@ -591,7 +591,7 @@ class SynthShot:
         Args:
             edit_rgba: (H', W', 4) linear RGB + alpha of the paint on the reference-frame raster
                 (any size with the plate's aspect ratio: sampled bilinearly at pixel centres,
-                the STMap convention of DESIGN.md §4), straight (not premultiplied) colour.
+                the STMap convention of docs/cache.md), straight (not premultiplied) colour.
             t: one frame index, or None for all frames.
 
         Returns:

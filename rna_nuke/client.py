@@ -1,4 +1,4 @@
-"""Engine client for the Nuke side (DESIGN.md §5); standard library only, Python 3.9+.
+"""Engine client for the Nuke side (docs/protocol.md); standard library only, Python 3.9+.
 
 Every request opens its own short connection (the engine's address and token are re-read from
 the discovery file each time, so a restarted engine is found again), so one `EngineClient` can be
@@ -51,7 +51,7 @@ def read_discovery(path: Path) -> dict[str, Any] | None:
 
 
 def recover_status(status_path: str | Path | None) -> dict[str, Any] | None:
-    """The cache's `status.json` (DESIGN.md §4), or None when missing or unreadable."""
+    """The cache's `status.json` (docs/cache.md), or None when missing or unreadable."""
     if not status_path:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Farm submission from Nuke (DESIGN.md §9); standard library only, Python 3.9+, no `nuke`.
+"""Farm submission from Nuke (docs/farm.md); standard library only, Python 3.9+, no `nuke`.
 
 `write_bundle` writes the node's build spec next to the saved Nuke script (paths relative to the
 script's folder, so the shot folder is the job root the farm maps), then runs the engine's
@@ -149,7 +149,7 @@ def write_bundle(
 
     Args:
         kind: `openjd`, `deadline` or `opencue`.
-        spec: the node's build spec (DESIGN.md §4 `build.json` keys; paths may be absolute).
+        spec: the node's build spec (docs/cache.md `build.json` keys; paths may be absolute).
         script_path: the saved `.nk` script (RNA nodes saved as Groups).
         write_node: the Write node the farm executes.
         frames: `"1001-1100"` or `(1001, 1100)`.

@@ -1,6 +1,6 @@
 """Nuke callbacks of RNAAtlasBuild and RNAApply: the only module of `rna_nuke` importing `nuke`.
 
-Threading (NUKE.md §1.5): a Build renders the inputs that need it on the main thread (Nuke's
+Threading: a Build renders the inputs that need it on the main thread (Nuke's
 own `execute`, with its progress dialog), then follows the engine job in a worker thread with a
 `nuke.ProgressTask`; every node or knob change from that thread goes through
 `nuke.executeInMainThread`. Headless (`nuke -t`, `nuke.GUI` off) there is no event loop: the

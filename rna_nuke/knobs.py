@@ -1,7 +1,7 @@
 """RNAAtlasBuild's knobs as data, and the pure helpers behind its callbacks.
 
 Everything here is plain Python (no `nuke`): knob specs (name, type, label, default, tooltip),
-the cache path of a build (`<cache_dir>/v###`, DESIGN.md §4), frame-range resolution,
+the cache path of a build (`<cache_dir>/v###`, docs/cache.md), frame-range resolution,
 reference-frame validation, the engine build spec (keys of `rna_engine.settings.BuildSpec`),
 the one-line status text, and small cache readers used by Reload and the Info tab.
 Errors the artist can fix raise `SpecError` with one line naming the knob or input.
@@ -41,7 +41,7 @@ KNOB_TYPE_IDS = {
     "PyScript": 22,
     "Text": 26,
 }
-"""`addUserKnob` type numbers (NDK "Knobs by ID"; NUKE.md §1.3)."""
+"""`addUserKnob` type numbers (NDK "Knobs by ID")."""
 
 DEFAULT_CACHE_DIR = "[file dirname [value root.name]]/rna/[value this.name]"
 """Beside the script, one folder per node (TCL, evaluated by Nuke)."""
@@ -395,7 +395,7 @@ def read_json_file(path: str) -> dict[str, Any] | None:
 def version_for_build(cache_dir: str, version: int) -> int:
     """The version a new Build writes: `version`, unless that one is finished (then the next free).
 
-    A finished version is never rebuilt in place (DESIGN.md §4); unfinished ones are resumed.
+    A finished version is never rebuilt in place (docs/cache.md); unfinished ones are resumed.
     """
     version = max(1, int(version))
     status = read_json_file(f"{cache_version_dir(cache_dir, version)}/status.json") or {}
@@ -724,7 +724,7 @@ def atlas_warnings(
     atlas_size: tuple[int, int] | None,
     plate_size: tuple[int, int] | None,
 ) -> list[str]:
-    """Problems of a painted atlas that would break RNAApply's delta (NUKE.md §5.3).
+    """Problems of a painted atlas that would break RNAApply's delta (docs/cache.md).
 
     Args:
         metadata: the atlas input's metadata (`exr/compression` as Nuke reports it).

@@ -1,4 +1,4 @@
-"""Find the running engine, or start one (DESIGN.md §5); standard library only, Python 3.9+.
+"""Find the running engine, or start one (docs/protocol.md); standard library only, Python 3.9+.
 
 The engine runs in its own Python (torch, GPU): `$RNA_ENGINE_PYTHON`, a knob's value, or this
 interpreter. It is started detached (`<python> -m rna_engine serve`), its output going to

@@ -1,4 +1,4 @@
-"""The engine socket protocol, client side (DESIGN.md §5); standard library only, Python 3.9+.
+"""The engine socket protocol, client side (docs/protocol.md); standard library only, Python 3.9+.
 
 Framing: 4-byte big-endian length + UTF-8 JSON, payloads up to 1 MiB. Request
 `{"v":1,"id":str,"type":str,"token":str,"body":{}}`; reply `{"v":1,"id":str,"ok":true,"body":{}}`

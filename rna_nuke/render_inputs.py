@@ -22,7 +22,7 @@ from typing import Any
 from .knobs import exr_channel_name, layer_of
 
 READABLE_EXTENSIONS = ("exr", "dpx", "tif", "tiff", "png", "jpg", "jpeg")
-"""Image formats the engine reads (DESIGN.md §3.1); movies and others are rendered."""
+"""Image formats the engine reads (docs/architecture.md); movies and others are rendered."""
 
 _FRAME_TOKEN = re.compile(r"#+|%0?\d*d|@+")
 

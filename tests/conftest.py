@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root on `sys.path`, and THE one fake `nuke` (NUKE.md §4)."""
+"""Shared fixtures: the repository root on `sys.path`, and THE one fake `nuke`."""
 
 from __future__ import annotations
 

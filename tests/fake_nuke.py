@@ -1,4 +1,4 @@
-"""THE one fake `nuke` module of the test suite (NUKE.md §4): an in-memory node graph.
+"""THE one fake `nuke` module of the test suite : an in-memory node graph.
 
 `tests/conftest.py` installs it as `sys.modules["nuke"]` with a fresh graph per test (fixture
 `fake_nuke`). It behaves like a small real Nuke, not like a mock: an API name Nuke does not

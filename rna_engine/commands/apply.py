@@ -1,4 +1,4 @@
-"""`rna-engine apply`: the reference implementation of the RNAApply gizmo (DESIGN.md §6, §8)."""
+"""`rna-engine apply`: the reference implementation of the RNAApply gizmo (docs/cache.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`rna-engine build`: a full build into the cache (DESIGN.md §6).
+"""`rna-engine build`: a full build into the cache (docs/cache.md).
 
 With `--farm` progress is printed as Open Job Description messages (`openjd_progress:`,
 `openjd_status:`) and a failure ends with `openjd_fail: <reason>`.

@@ -1,4 +1,4 @@
-"""`rna-engine models list|install`: learned-backend weights (DESIGN.md §3, §6).
+"""`rna-engine models list|install`: learned-backend weights (docs/architecture.md).
 
 Nothing is downloaded: `install` copies a local file or folder under `$RNA_HOME/models/` and
 records its checksum; the build uses it when the settings ask for that backend.

@@ -1,4 +1,4 @@
-"""`rna-engine serve`: the local socket service Nuke talks to (DESIGN.md §5)."""
+"""`rna-engine serve`: the local socket service Nuke talks to (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Render-farm integration (DESIGN.md §9): one job model, three writers.
+"""Render-farm integration (docs/farm.md): one job model, three writers.
 
 `job.make_job` reads a build spec, pins its cache version and describes the two-step job
 (`BuildAtlas` on a GPU, chunked `Render`); `write_bundle` renders it for Open Job Description

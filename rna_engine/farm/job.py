@@ -1,4 +1,4 @@
-"""The one farm job model (DESIGN.md §9) every writer (OpenJD, Deadline 10, OpenCue) renders.
+"""The one farm job model (docs/farm.md) every writer (OpenJD, Deadline 10, OpenCue) renders.
 
 A job is two steps:
 

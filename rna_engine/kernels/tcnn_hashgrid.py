@@ -37,7 +37,7 @@ def load_tinycudann() -> tuple[ModuleType | None, str]:
 
 
 def encoding_config(settings: HashGridSettings) -> dict[str, Any]:
-    """tinycudann's encoding config of `settings` (DOCUMENTATION.md of tiny-cuda-nn)."""
+    """tinycudann's encoding config of `settings` (`NVlabs/tiny-cuda-nn/DOCUMENTATION.md`)."""
     return {
         "otype": "HashGrid",
         "n_levels": settings.n_levels,

@@ -1,4 +1,4 @@
-"""Tests of `rna_engine/service.py`: the socket protocol of DESIGN.md §5.
+"""Tests of `rna_engine/service.py`: the socket protocol of docs/protocol.md.
 
 Most tests run the service in a thread with a fake pipeline (progress, `status.json`, cancel);
 the subprocess tests run the real `rna-engine serve`. Raw frames are built here with `struct`,

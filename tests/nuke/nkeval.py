@@ -1,4 +1,4 @@
-"""A numpy evaluator of the Nuke node classes RNAApply uses (NUKE.md §4), for tests without Nuke.
+"""A numpy evaluator of the Nuke node classes RNAApply uses, for tests without Nuke.
 
 It evaluates a parsed gizmo (`nkparse`) for one frame: Input, Output, Read (EXR through
 `rna_engine.io`), STMap, Merge2 (plus, minus, from, multiply, min, max), Copy, Expression,

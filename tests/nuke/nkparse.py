@@ -1,4 +1,4 @@
-"""A small parser for Nuke's `.nk` / `.gizmo` text (NUKE.md §1.3, §4), for tests without Nuke.
+"""A small parser for Nuke's `.nk` / `.gizmo` text, for tests without Nuke.
 
 The files are Tcl scripts. This module implements the subset Nuke writes:
 

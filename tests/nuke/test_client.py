@@ -1,6 +1,6 @@
 """Tests of `rna_nuke/{protocol,client,launcher}.py`, driven against the real `rna_engine.service`.
 
-The contract test of DESIGN.md §5: the plugin's framing and the engine's are written separately;
+The contract test of docs/protocol.md: the plugin's framing and the engine's are written separately;
 here they meet. The engine runs in a thread with a fake pipeline, behind a TCP proxy the tests can
 cut (dropped connection) or stop (engine gone); the launcher tests start real processes.
 """

@@ -1,4 +1,4 @@
-"""Structure of every `gizmos/*.gizmo` (NUKE.md §1.3, §4), checked without Nuke via `nkparse`."""
+"""Structure of every `gizmos/*.gizmo`, checked without Nuke via `nkparse`."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ GIZMOS = REPO / "gizmos"
 
 
 class Engine:
-    """Stand-in engine client: events, then (done) the cache files of DESIGN.md §4."""
+    """Stand-in engine client: events, then (done) the cache files of docs/cache.md."""
 
     def __init__(self, steps: int = 4, hold: threading.Event | None = None) -> None:
         self.steps = steps

@@ -1,4 +1,4 @@
-"""The import layers of STYLE.md, checked with `ast` (no module is imported).
+"""The import layers of docs/architecture.md, checked with `ast` (no module is imported).
 
 - `rna_nuke` runs in Nuke's Python 3.9+: standard library only, never `rna_engine`; only
   `glue.py` imports `nuke`; every module starts with `from __future__ import annotations`;
