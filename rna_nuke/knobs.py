@@ -25,7 +25,8 @@ class SpecError(ValueError):
 
 PRESETS = ("draft", "standard", "final")
 RANGE_MODES = ("input", "global", "custom")
-VIEWS = ("plate", "atlas", "UV checker", "matte overlay", "reconstruction")
+VIEWS = ("atlas", "plate", "UV checker", "matte overlay", "reconstruction")
+"""The `view` knob: what the Viewer shows in the GUI; a render always gets the atlas."""
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = ("done", "failed", "cancelled")
 
@@ -42,6 +43,9 @@ KNOB_TYPE_IDS = {
     "Text": 26,
 }
 """`addUserKnob` type numbers (NDK "Knobs by ID"; NUKE.md §1.3)."""
+
+ATLAS_SCALE_RANGE = (0.25, 4.0)
+"""`bake.atlas_scale` values the engine accepts."""
 
 DEFAULT_CACHE_DIR = "[file dirname [value root.name]]/rna/[value this.name]"
 """Beside the script, one folder per node (TCL, evaluated by Nuke)."""
@@ -67,6 +71,8 @@ class KnobSpec(NamedTuple):
     """PyScript button code."""
     flags: tuple[str, ...] = ()
     """Extra `addUserKnob` flags: `-STARTLINE`, `+INVISIBLE`, `+DISABLED`."""
+    slider: tuple[float, float] | None = None
+    """Double knobs: the slider range (`R min max`), the range the engine accepts."""
 
 
 BUILD_KNOBS: tuple[KnobSpec, ...] = (
@@ -148,9 +154,10 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "view",
         "Enumeration",
         "view",
-        "plate",
-        "plate: the plate with the rna layers; atlas: the image to paint on; UV checker, "
-        "matte overlay, reconstruction: checks of the fit.",
+        "atlas",
+        "What the Viewer shows in this session. atlas: the image to paint on; plate: the plate "
+        "with the rna layers; UV checker, matte overlay, reconstruction: checks of the fit. "
+        "A render (farm or local) always outputs the atlas, whatever view is chosen.",
         values=VIEWS,
     ),
     KnobSpec("buttons_divider", "Text", ""),
@@ -257,6 +264,7 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "atlas scale",
         1.0,
         "Atlas size as a multiple of the plate format (0.25 to 4).",
+        slider=ATLAS_SCALE_RANGE,
     ),
     KnobSpec("seed", "Int", "seed", 0, "Seed of every random choice of the fit."),
     KnobSpec("device", "String", "device", "auto", "auto, cpu or cuda:N."),
@@ -318,7 +326,7 @@ def tcl_quote(text: str) -> str:
 def user_knob_line(spec: KnobSpec) -> str:
     """The `addUserKnob {...}` line of `spec`, as it appears in the gizmo."""
     parts = [str(KNOB_TYPE_IDS[spec.kind]), spec.name]
-    if spec.label:
+    if spec.label or spec.kind == "Text":  # a Text knob without `l` shows its name as label
         parts += ["l", tcl_quote(spec.label)]
     if spec.command:
         parts += ["T", tcl_quote(spec.command)]
@@ -328,6 +336,8 @@ def user_knob_line(spec: KnobSpec) -> str:
         parts += ["t", tcl_quote(spec.tooltip)]
     if spec.values:
         parts += ["M", "{" + " ".join(tcl_quote(v) for v in spec.values) + "}"]
+    if spec.slider is not None:
+        parts += ["R", f"{spec.slider[0]:g}", f"{spec.slider[1]:g}"]
     parts += list(spec.flags)
     return "addUserKnob {" + " ".join(parts) + "}"
 
@@ -509,7 +519,7 @@ def build_spec(
     if long_side != 0 and not 32 <= long_side <= 8192:
         raise SpecError(f"working resolution: {long_side} (0 for the preset, else 32 to 8192)")
     atlas_scale = float(v["atlas_scale"])
-    if not 0.25 <= atlas_scale <= 4.0:
+    if not ATLAS_SCALE_RANGE[0] <= atlas_scale <= ATLAS_SCALE_RANGE[1]:
         raise SpecError(f"atlas scale: {atlas_scale:g} (must be 0.25 to 4)")
     first, last = frames
     reference = int(v["reference_frame"])

@@ -120,11 +120,14 @@ def test_create_node_makes_a_group_with_rna_version(scene: dict[str, Any]) -> No
     inner = {n.name(): n for n in node.nodes()}
     assert [n.name() for n in node.nodes() if n.Class() == "Input"] == ["plate", "roi", "holdout"]
     assert "Viewer" not in {n.Class() for n in node.nodes()}
-    assert inner["Read_passes"]["file"].value() == "[value parent.cache_path]/passes/rna.####.exr"
-    assert inner["Read_atlas"]["file"].value() == "[value parent.cache_path]/atlas/atlas.exr"
+    passes = "[subst [value parent.cache_path]]/passes/rna.####.exr"
+    assert inner["Read_passes"]["file"].value() == passes
+    assert (
+        inner["Read_atlas"]["file"].value() == "[subst [value parent.cache_path]]/atlas/atlas.exr"
+    )
     switch = inner["view_switch"]
     assert [switch.input(i).name() for i in range(5)] == [
-        "cache_ready_switch", "Read_atlas", "Merge_checker", "Merge_overlay", "Merge_recon",
+        "Read_atlas", "cache_ready_switch", "Merge_checker", "Merge_overlay", "Merge_recon",
     ]  # fmt: skip
     assert node.output().input(0) is switch
     assert not node["first"].enabled()  # onCreate ran: range_mode is input
