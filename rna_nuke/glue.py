@@ -112,6 +112,26 @@ def version_dir_of(node: nuke.Node) -> str:
     return knobs.cache_version_dir(evaluated_cache_dir(node), int(_value(node, "version")))
 
 
+def _script_name() -> str:
+    return str(nuke.root()["name"].value())
+
+
+def stored_path(path: str) -> str:
+    """`path` as RNA knobs save it: relative to `$RNA_CACHE_ROOT` or the script when under it."""
+    return knobs.portable_path(path, _script_name(), os.environ)
+
+
+def cache_path_of(node: nuke.Node) -> str:
+    """The version folder the node's Reads use: `cache_path` evaluated ('' when unset)."""
+    knob = node.knob("cache_path")
+    raw = str(knob.value()) if knob is not None else ""
+    if not raw.strip():
+        return ""
+    if isinstance(knob, nuke.EvalString_Knob):
+        return str(knob.evaluate()).strip()
+    return knobs.expand_portable(raw, _script_name(), os.environ)
+
+
 # ------------------------------------------------------------------------------------------
 # preparing a build
 
@@ -274,7 +294,7 @@ def build(node: nuke.Node, client_factory: ClientFactory | None = None) -> jobs.
         return None
     if prepared.version != int(_value(node, "version")):
         _set(node, "version", prepared.version)
-    _set(node, "cache_path", prepared.version_dir)
+    _set(node, "cache_path", stored_path(prepared.version_dir))
     _set(node, "cache_ready", False)
     _set(node, "job_id", "")
     _set(node, "status", "submitting to the RNA engine")
@@ -373,7 +393,7 @@ def cancel(node: nuke.Node, client_factory: ClientFactory | None = None) -> None
 
 def refresh_from_cache(node: nuke.Node, reload_reads: bool = False) -> dict[str, Any]:
     """Read `status.json`/`build.json` of the node's version into its status and Info knobs."""
-    version_dir = str(_value(node, "cache_path"))
+    version_dir = cache_path_of(node)
     if not version_dir:
         return {}
     info = knobs.cache_info(version_dir)
@@ -398,7 +418,7 @@ def refresh_from_cache(node: nuke.Node, reload_reads: bool = False) -> dict[str,
 def reload(node: nuke.Node) -> None:
     """The Reload button: point the internal Reads at `<cache_dir>/v###` and re-read it."""
     try:
-        _set(node, "cache_path", version_dir_of(node))
+        _set(node, "cache_path", stored_path(version_dir_of(node)))
     except SpecError as err:
         _report(f"{node.fullName()}: {err}")
         return
@@ -414,7 +434,7 @@ def open_cache(node: nuke.Node, opener: Callable[[list[str]], Any] | None = None
     """The Open cache button: the version folder (else the cache folder) in the file browser."""
     try:
         candidates = [
-            str(_value(node, "cache_path")),
+            cache_path_of(node),
             version_dir_of(node),
             evaluated_cache_dir(node),
         ]
@@ -448,7 +468,7 @@ def submit_to_farm(node: nuke.Node) -> str | None:
         return None
     if prepared.version != int(_value(node, "version")):
         _set(node, "version", prepared.version)
-    _set(node, "cache_path", prepared.version_dir)
+    _set(node, "cache_path", stored_path(prepared.version_dir))
     _set(node, "status", text)
     if nuke.GUI:
         nuke.message(text)
@@ -561,8 +581,8 @@ def _follow_cache_dir(node: nuke.Node) -> None:
         version_dir = version_dir_of(node)
     except SpecError:
         return
-    if version_dir != str(_value(node, "cache_path")):
-        _set(node, "cache_path", version_dir)
+    if version_dir != cache_path_of(node):
+        _set(node, "cache_path", stored_path(version_dir))
         refresh_from_cache(node)
 
 

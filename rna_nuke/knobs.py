@@ -219,7 +219,8 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "File",
         "cache path",
         "",
-        "Resolved version folder the internal Reads use (set by Build and Reload).",
+        "Version folder the internal Reads use (set by Build and Reload); saved as "
+        "[getenv RNA_CACHE_ROOT]/... or [file dirname [value root.name]]/... when under them.",
         flags=("+INVISIBLE",),
     ),
     KnobSpec(
@@ -371,6 +372,54 @@ def cache_version_dir(cache_dir: str, version: int) -> str:
     if version < 1:
         raise SpecError(f"version: {version} (must be 1 or more)")
     return f"{cache_dir.rstrip('/').rstrip(os.sep)}/v{version:03d}"
+
+
+CACHE_ROOT_ENV = "RNA_CACHE_ROOT"
+"""Project root of caches: a path under it is stored as `[getenv RNA_CACHE_ROOT]/...`."""
+SCRIPT_DIR_TCL = "[file dirname [value root.name]]"
+_CACHE_ROOT_TCL = f"[getenv {CACHE_ROOT_ENV}]"
+
+
+def _under(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` (forward slashes) when inside it, else None."""
+    if not folder:
+        return None
+    clean, base = path.replace("\\", "/").rstrip("/"), folder.replace("\\", "/").rstrip("/")
+    if os.name == "nt":
+        clean_cmp, base_cmp = clean.lower(), base.lower()
+    else:
+        clean_cmp, base_cmp = clean, base
+    if not base_cmp or not clean_cmp.startswith(base_cmp + "/"):
+        return None
+    return clean[len(base) + 1 :]
+
+
+def portable_path(path: str, script: str, env: Mapping[str, str]) -> str:
+    """`path` as a knob stores it, so a moved or farm-mapped project still finds it.
+
+    Under `$RNA_CACHE_ROOT`: `[getenv RNA_CACHE_ROOT]/<rest>`; else under the script's folder:
+    `[file dirname [value root.name]]/<rest>`; else `path` itself (forward slashes).
+    """
+    clean = path.replace("\\", "/")
+    rest = _under(clean, env.get(CACHE_ROOT_ENV, ""))
+    if rest is not None:
+        return f"{_CACHE_ROOT_TCL}/{rest}"
+    rest = _under(clean, os.path.dirname(script.replace("\\", "/")) if script else "")
+    if rest is not None:
+        return f"{SCRIPT_DIR_TCL}/{rest}"
+    return clean
+
+
+def expand_portable(text: str, script: str, env: Mapping[str, str]) -> str:
+    """The path a `portable_path` value names (what Nuke's TCL evaluates it to)."""
+    if text.startswith(_CACHE_ROOT_TCL):
+        return (
+            env.get(CACHE_ROOT_ENV, "").replace("\\", "/").rstrip("/")
+            + text[len(_CACHE_ROOT_TCL) :]
+        )
+    if text.startswith(SCRIPT_DIR_TCL):
+        return os.path.dirname(script.replace("\\", "/")) + text[len(SCRIPT_DIR_TCL) :]
+    return text
 
 
 def split_cache_dir(cache_dir: str) -> tuple[str, str]:

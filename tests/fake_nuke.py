@@ -13,9 +13,9 @@ What it models: nodes with knobs, inputs and groups (`createNode`, `nodes.X(...)
 the plug-in path, a TCL-word tokenizer with the stack wiring of `set`/`push`/`inputs`, user
 knobs from `addUserKnob`); knob callbacks (`knobChanged` fired for programmatic changes as in
 Nuke 17.1, `onCreate` after creation, PyScript buttons) with `thisNode`/`thisKnob`; a minimal
-TCL (`value`, `file dirname|tail|join|rootname`, `format`, `frame`) for `File_Knob.evaluate`,
-`filename` and `tcl`; `execute` (recorded; `fake.on_execute` may write files); a recording
-`ProgressTask`, `message`, `menu`.
+TCL (`value`, `file dirname|tail|join|rootname`, `format`, `frame`, `subst`, `getenv`; results
+are not substituted again) for `File_Knob.evaluate`, `filename` and `tcl`; `execute`
+(recorded; `fake.on_execute` may write files); a recording `ProgressTask`, `message`, `menu`.
 
 Test-side helpers live on `nuke.fake` (the state of the current graph), never on the API.
 """
@@ -1466,10 +1466,14 @@ def _resolve_knob(path: str, node: Node) -> Knob | None:
     return owner.knob(knob_name)
 
 
-def _tcl_command(words: list[str], node: Node) -> str:
+def _tcl_command(words: list[str], node: Node, depth: int = 0) -> str:
     if not words:
         return ""
     cmd, args = words[0], words[1:]
+    if cmd == "subst" and len(args) == 1:
+        return _tcl_subst(args[0], node, depth + 1)
+    if cmd == "getenv" and len(args) == 1:
+        return os.environ.get(args[0], "")
     if cmd == "value" and args:
         knob = _resolve_knob(args[0], node)
         if knob is None:
@@ -1508,15 +1512,41 @@ def _tcl_command(words: list[str], node: Node) -> str:
     raise RuntimeError(f"fake tcl: unsupported command {' '.join(words)!r}")
 
 
-def _tcl_subst(text: str, node: Node) -> str:
-    """Evaluate `[cmd ...]` substitutions, innermost first."""
-    for _ in range(100):
-        m = re.search(r"\[([^\[\]]*)\]", text)
-        if m is None:
-            return text
-        words = [w.text for w in _flat_words(m.group(1))]
-        text = text[: m.start()] + _tcl_command(words, node) + text[m.end() :]
-    raise RuntimeError("fake tcl: too many substitutions")
+def _tcl_subst(text: str, node: Node, depth: int = 0) -> str:
+    """Evaluate `[cmd ...]` substitutions, innermost first.
+
+    As in Tcl, what a substitution returns is not substituted again (only `subst` does that):
+    `[value knob]` of a knob holding `[file dirname ...]` returns that text as it is.
+    """
+    if depth > 50:
+        raise RuntimeError("fake tcl: substitutions nested too deep")
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            out.append(text[i : i + 2])
+            i += 2
+            continue
+        if ch != "[":
+            out.append(ch)
+            i += 1
+            continue
+        level, j = 0, i
+        while j < len(text):
+            if text[j] == "\\":
+                j += 2
+                continue
+            level += {"[": 1, "]": -1}.get(text[j], 0)
+            if level == 0:
+                break
+            j += 1
+        if level:
+            raise RuntimeError(f"fake tcl: unbalanced [ in {text!r}")
+        inner = _tcl_subst(text[i + 1 : j], node, depth + 1)
+        out.append(_tcl_command([w.text for w in _flat_words(inner)], node, depth))
+        i = j + 1
+    return "".join(out)
 
 
 # ------------------------------------------------------------------------------------------

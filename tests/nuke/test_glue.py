@@ -172,7 +172,8 @@ def test_build_sends_the_read_path_and_the_reference_frame(scene: dict[str, Any]
     assert node["status"].value() == "done | 100%"
     assert node["cache_ready"].value() is True
     assert (node["cache_first"].value(), node["cache_last"].value()) == (1001, 1010)
-    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert node["cache_path"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild1/v001"
+    assert glue.cache_path_of(node) == f"{scene['cache'].as_posix()}/v001"
     assert node["info_cache_hash"].value() == "feedbeef"
     assert node["job_id"].value() == "job-7"
     assert node.node("Read_passes")["reload"].executions == 1
@@ -292,7 +293,7 @@ def test_a_finished_version_is_never_rebuilt(scene: dict[str, Any]) -> None:
     _wait(glue.build(node, client_factory=lambda: engine))
     assert engine.submitted[0]["version"] == 2
     assert node["version"].value() == 2
-    assert node["cache_path"].value() == f"{cache}/v002"
+    assert glue.cache_path_of(node) == f"{cache.as_posix()}/v002"
 
 
 def test_set_reference_button_uses_the_current_frame(scene: dict[str, Any]) -> None:
@@ -310,12 +311,12 @@ def test_knob_changed_guards_its_own_changes(scene: dict[str, Any]) -> None:
     calls = nuke.fake.knob_changed_calls
     node["version"].setValue(0)  # clamped to 1 by the callback, which fires it again
     assert node["version"].value() == 1
-    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert scene["glue"].cache_path_of(node) == f"{scene['cache'].as_posix()}/v001"
     assert nuke.fake.knob_changed_calls - calls == 3  # version, its clamp, cache_path; no loop
 
 
 def test_reload_reads_the_cache(scene: dict[str, Any]) -> None:
-    node, cache = scene["node"], scene["cache"]
+    glue, node, cache = scene["glue"], scene["node"], scene["cache"]
     root = cache / "v003"
     (root / "atlas").mkdir(parents=True)
     (root / "atlas" / "atlas.exr").write_bytes(b"exr")
@@ -323,7 +324,7 @@ def test_reload_reads_the_cache(scene: dict[str, Any]) -> None:
     (root / "status.json").write_text(json.dumps({"state": "done", "build_hash": "h3"}))
     node["version"].setValue(3)
     node["reload"].execute()
-    assert node["cache_path"].value() == str(root).replace("\\", "/")
+    assert glue.cache_path_of(node) == root.as_posix()
     assert node["cache_ready"].value() is True
     assert node["info_cache_hash"].value() == "h3"
     assert node.node("Read_passes")["reload"].executions == 1
@@ -460,3 +461,34 @@ def test_menu_adds_an_rna_toolbar_that_creates_groups(fake_nuke: ModuleType) -> 
     toolbar.findItem("RNAAtlasBuild").invoke()
     [node] = nuke.allNodes()
     assert (node.Class(), node.name()) == ("Group", "RNAAtlasBuild1")
+
+
+def test_cache_path_is_saved_relative_to_the_script_and_follows_a_move(
+    scene: dict[str, Any], tmp_path: Path
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))
+    stored = node["cache_path"].value()
+    assert stored == "[file dirname [value root.name]]/rna/RNAAtlasBuild1/v001"
+    # the project is moved (or path-mapped on the farm): the same text names the new place
+    moved = tmp_path / "moved"
+    nuke.root()["name"].setValue(str(moved / "comp.nk"))
+    assert glue.cache_path_of(node) == f"{moved.as_posix()}/rna/RNAAtlasBuild1/v001"
+    read = node.node("Read_atlas")
+    assert nuke.filename(read) == f"{moved.as_posix()}/rna/RNAAtlasBuild1/v001/atlas/atlas.exr"
+
+
+def test_cache_path_under_rna_cache_root_uses_the_variable(
+    scene: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    glue, node = scene["glue"], scene["node"]
+    monkeypatch.setenv("RNA_CACHE_ROOT", str(tmp_path / "caches"))
+    node["cache_dir"].setValue(str(tmp_path / "caches" / "sh010" / "plate_fix"))
+    stored = node["cache_path"].value()  # knobChanged followed the new folder
+    assert stored == "[getenv RNA_CACHE_ROOT]/sh010/plate_fix/v001"
+    monkeypatch.setenv("RNA_CACHE_ROOT", str(tmp_path / "farm_mount"))
+    assert (
+        glue.cache_path_of(node) == f"{(tmp_path / 'farm_mount').as_posix()}/sh010/plate_fix/v001"
+    )
+    node["cache_dir"].setValue(str(tmp_path / "elsewhere" / "c"))  # under neither: absolute
+    assert node["cache_path"].value() == f"{(tmp_path / 'elsewhere').as_posix()}/c/v001"
