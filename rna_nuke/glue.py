@@ -59,6 +59,12 @@ def _value(node: nuke.Node, name: str) -> Any:
     return knob.value()
 
 
+def _text(node: nuke.Node, name: str) -> str:
+    """A knob's text, '' when the node lacks it (RNAApply knobs have no `knobs` spec)."""
+    knob = node.knob(name)
+    return str(knob.value() or "").strip() if knob is not None else ""
+
+
 def _set(node: nuke.Node, name: str, value: Any) -> None:
     """Set a knob when it exists and differs (Nuke 17.1 fires knobChanged for every set)."""
     knob = node.knob(name)
@@ -359,6 +365,7 @@ def _finish(name: str, result: jobs.JobResult) -> None:
     if result.ok:
         _set(node, "status", result.message)
         refresh_from_cache(node, reload_reads=True)
+        _update_linked(node)
     elif result.state == "cancelled":
         _set(node, "status", "cancelled")
     else:
@@ -423,6 +430,7 @@ def reload(node: nuke.Node) -> None:
         _report(f"{node.fullName()}: {err}")
         return
     refresh_from_cache(node, reload_reads=True)
+    _update_linked(node)
 
 
 def set_reference_to_current(node: nuke.Node) -> None:
@@ -534,6 +542,114 @@ def check_atlas(node: nuke.Node) -> list[str]:
     elif nuke.GUI:
         nuke.message(f"{node.fullName()}: the atlas looks fine (lossless, same aspect ratio)")
     return warnings
+
+
+def is_build_node(node: nuke.Node) -> bool:
+    """An RNAAtlasBuild: the gizmo, or a Group made from it (it has the `rna_tab` tab)."""
+    return node.Class() == "RNAAtlasBuild" or (
+        node.knob("rna_tab") is not None and node.knob("cache_path") is not None
+    )
+
+
+def is_apply_node(node: nuke.Node) -> bool:
+    """An RNAApply: the gizmo, or a Group made from it (it has the `rna_apply_tab` tab)."""
+    return node.Class() == "RNAApply" or node.knob("rna_apply_tab") is not None
+
+
+def build_nodes() -> list[nuke.Node]:
+    """Every RNAAtlasBuild of the script (inside Groups too), in graph order."""
+    return [n for n in nuke.allNodes(group=nuke.root(), recurseGroups=True) if is_build_node(n)]
+
+
+def _pick_build(node: nuke.Node) -> nuke.Node:
+    """The build `node` links to: its `build_node`, else the selected or only RNAAtlasBuild."""
+    named = _text(node, "build_node")
+    if named:
+        found = _node_by_name(named)
+        if found is not None and is_build_node(found):
+            return found
+    builds = build_nodes()
+    if not builds:
+        raise SpecError("link to build: the script has no RNAAtlasBuild node")
+    selected = [b for b in builds if b.isSelected()]
+    if len(selected) == 1:
+        return selected[0]
+    if len(builds) == 1:
+        return builds[0]
+    names = [b.fullName() for b in builds]
+    if nuke.GUI:
+        index = nuke.choice("RNAApply", "RNAAtlasBuild to take the cache from", names, 0)
+        if index is not None:
+            return builds[int(index)]
+    raise SpecError(
+        f"link to build: several RNAAtlasBuild nodes ({', '.join(names)}); "
+        "select one or type its name in 'build'"
+    )
+
+
+def _build_frames(build: nuke.Node, version_dir: str) -> tuple[int, int] | None:
+    """Frames of the build's cache: the finished cache's, else build.json's, else its range."""
+    if bool(_value(build, "cache_ready")):
+        return int(_value(build, "cache_first")), int(_value(build, "cache_last"))
+    info = knobs.cache_info(version_dir)
+    if info["first"] is not None:
+        return int(info["first"]), int(info["last"])
+    plate = build.input(0)
+    values = read_values(build)
+    root = nuke.root()
+    try:
+        return knobs.frame_range(
+            str(values["range_mode"]),
+            (int(plate.firstFrame()), int(plate.lastFrame())) if plate is not None else None,
+            (int(root["first_frame"].value()), int(root["last_frame"].value())),
+            (int(values["first"]), int(values["last"])),
+        )
+    except SpecError:
+        return None
+
+
+def _set_plain(node: nuke.Node, name: str, value: Any) -> None:
+    """Set a knob to a plain value, dropping an expression (e.g. `{{root.first_frame}}`)."""
+    knob = node.knob(name)
+    if knob is None:
+        return
+    if knob.hasExpression():
+        knob.clearAnimated()
+    if knob.value() != value:
+        knob.setValue(value)
+
+
+def link_to_build(node: nuke.Node, build: nuke.Node | None = None) -> nuke.Node | None:
+    """RNAApply's "link to build" button: cache, version and frames from an RNAAtlasBuild.
+
+    The values are baked into plain knobs (cache saved relative, as `cache_path`), so the Group
+    renders on a farm without the plug-in; `build_node` remembers the build, and a finished
+    Build or a Reload of that node updates the RNAApply nodes linked to it.
+    """
+    try:
+        build = build or _pick_build(node)
+        cache_dir = evaluated_cache_dir(build)
+        version = int(_value(build, "version"))
+        version_dir = cache_path_of(build) or knobs.cache_version_dir(cache_dir, version)
+        frames = _build_frames(build, version_dir)
+    except SpecError as err:
+        _report(f"{node.fullName()}: {err}")
+        return None
+    _set_plain(node, "build_node", build.fullName())
+    _set_plain(node, "cache_dir", stored_path(cache_dir))
+    _set_plain(node, "version", version)
+    if frames is not None:
+        _set_plain(node, "first_frame", frames[0])
+        _set_plain(node, "last_frame", frames[1])
+    return build
+
+
+def _update_linked(build: nuke.Node) -> None:
+    """Re-link the RNAApply nodes whose `build_node` names `build` (after Build or Reload)."""
+    name = build.fullName()
+    for other in nuke.allNodes(group=nuke.root(), recurseGroups=True):
+        if is_apply_node(other) and _text(other, "build_node") == name:
+            link_to_build(other, build)
 
 
 # ------------------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ class FakeState:
         self.knob_changed_calls = 0
         self.knob_changed_depth = 0
         self.ask_answer = True
+        self.choice_answer: int | None = None
+        """What `nuke.choice` returns (an option index; None = the user cancelled)."""
+        self.choices: list[tuple[str, list[str]]] = []
         self.callbacks: dict[str, list[Any]] = {}
 
     # test helpers
@@ -210,6 +213,12 @@ class Knob:
 
     def isAnimated(self, *args: Any) -> bool:
         return False
+
+    def clearAnimated(self, *args: Any) -> bool:
+        """Drop the animation or expression; the knob keeps its last plain value."""
+        self._touch("set")
+        self._expression = None
+        return True
 
     def setEnabled(self, enabled: bool) -> None:
         self._touch("enable")
@@ -1288,6 +1297,14 @@ def message(prompt: str) -> None:
 
 def alert(prompt: str) -> None:
     fake.messages.append(str(prompt))
+
+
+def choice(title: str, prompt: str, options: Iterable[str], default: int = 0) -> int | None:
+    """A modal list (GUI only in Nuke): the index picked, or None when cancelled."""
+    if not GUI:
+        raise RuntimeError("choice: no GUI")
+    fake.choices.append((prompt, list(options)))
+    return fake.choice_answer
 
 
 def ask(prompt: str) -> bool:

@@ -492,3 +492,72 @@ def test_cache_path_under_rna_cache_root_uses_the_variable(
     )
     node["cache_dir"].setValue(str(tmp_path / "elsewhere" / "c"))  # under neither: absolute
     assert node["cache_path"].value() == f"{(tmp_path / 'elsewhere').as_posix()}/c/v001"
+
+
+def _apply_linked_after_a_build(scene: dict[str, Any]) -> Any:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))
+    apply_node = glue.create_node("RNAApply")
+    apply_node.setInput(0, scene["plate"])
+    assert apply_node["first_frame"].hasExpression()  # {{root.first_frame}} until linked
+    apply_node["link_build"].execute()  # the gizmo's own button code
+    assert nuke.fake.messages == []
+    return apply_node
+
+
+def test_link_to_build_bakes_cache_version_and_frames(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    apply_node = _apply_linked_after_a_build(scene)
+    assert apply_node["build_node"].value() == "RNAAtlasBuild1"
+    # plain values (no expression, no Python at render time), the cache saved script-relative
+    assert apply_node["cache_dir"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild1"
+    assert apply_node["version"].value() == 1
+    assert (apply_node["first_frame"].value(), apply_node["last_frame"].value()) == (1001, 1010)
+    assert not apply_node["first_frame"].hasExpression()
+    assert not apply_node["last_frame"].hasExpression()
+    assert not str(apply_node["onCreate"].value()) and not str(apply_node["knobChanged"].value())
+    nuke.frame(1004)
+    passes = nuke.filename(apply_node.node("ReadPasses"), nuke.REPLACE)
+    assert passes == f"{scene['cache'].as_posix()}/v001/passes/rna.1004.exr"
+    atlas = nuke.filename(apply_node.node("ReadAtlas"))
+    assert atlas == glue.cache_path_of(node) + "/atlas/atlas.exr"
+
+
+def test_a_new_build_version_updates_the_linked_apply(scene: dict[str, Any]) -> None:
+    glue, node = scene["glue"], scene["node"]
+    apply_node = _apply_linked_after_a_build(scene)
+    node["range_mode"].setValue("custom")
+    node["first"].setValue(1002)
+    node["last"].setValue(1008)
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))  # v001 is done: v002
+    assert node["version"].value() == 2
+    assert apply_node["version"].value() == 2
+    assert (apply_node["first_frame"].value(), apply_node["last_frame"].value()) == (1002, 1008)
+
+
+def test_link_to_build_asks_when_there_are_several(scene: dict[str, Any], caplog: Any) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    second = glue.create_node("RNAAtlasBuild")
+    second["version"].setValue(4)
+    for n in nuke.allNodes():
+        n.setSelected(False)
+    apply_node = glue.create_node("RNAApply")
+    nuke.fake.choice_answer = 1
+    assert glue.link_to_build(apply_node) is second
+    assert nuke.fake.choices == [
+        ("RNAAtlasBuild to take the cache from", ["RNAAtlasBuild1", "RNAAtlasBuild2"])
+    ]
+    assert apply_node["cache_dir"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild2"
+    assert apply_node["version"].value() == 4
+    assert glue.link_to_build(apply_node) is second  # build_node now names it: no question
+    assert len(nuke.fake.choices) == 1
+    apply_node["build_node"].setValue("")
+    nuke.GUI = False  # headless: no list, one line naming the way out
+    with caplog.at_level(logging.ERROR, logger="rna_nuke.glue"):
+        assert glue.link_to_build(apply_node) is None
+    assert caplog.messages == [
+        "RNAApply1: link to build: several RNAAtlasBuild nodes (RNAAtlasBuild1, RNAAtlasBuild2); "
+        "select one or type its name in 'build'"
+    ]
+    node.setSelected(True)
+    assert glue.link_to_build(apply_node) is node  # the selected one
