@@ -274,7 +274,8 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "File",
         "engine python",
         "",
-        "Python of the engine environment (empty: $RNA_ENGINE_PYTHON, else the default).",
+        "Python of the engine environment. Empty: $RNA_ENGINE_PYTHON, else engine_python in "
+        "$RNA_HOME/config.json, else rna-engine on PATH (never Nuke's own Python).",
     ),
     KnobSpec(
         "engine_settings",
