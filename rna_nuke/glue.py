@@ -28,7 +28,7 @@ from typing import Any
 
 import nuke
 
-from . import __version__, jobs, knobs, render_inputs
+from . import __version__, colour, jobs, knobs, render_inputs
 from .knobs import SpecError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,38 @@ def source_info(node: nuke.Node) -> render_inputs.SourceInfo:
         disabled=bool(get("disable", False)),
         reformat=bool(get("reformat", False)),
         frame_offset=bool(str(get("frame", "")).strip()),
+        colorspace=str(get("colorspace", "") or ""),
+        raw=bool(get("raw", False)),
     )
+
+
+_ROOT_COLOUR_KNOBS = ("colorManagement", "OCIO_config", "customOCIOConfigPath", "workingSpaceLUT")
+
+
+def _root_text(name: str) -> str:
+    knob = nuke.root().knob(name)
+    if knob is None:
+        return ""
+    if isinstance(knob, nuke.EvalString_Knob):
+        return str(knob.evaluate()).strip()
+    return str(knob.value()).strip()
+
+
+def plate_colour(plate: nuke.Node, plan: render_inputs.InputPlan) -> dict[str, str]:
+    """`settings.ingest` colour entries of the plate: the Read's colourspace and the config.
+
+    A plate Nuke renders first is written in the working space (the temporary Write's default).
+    """
+    root = {name: _root_text(name) for name in _ROOT_COLOUR_KNOBS}
+    nuke_dir = os.path.dirname(str(getattr(nuke, "EXE_PATH", "") or ""))
+    config = colour.config_path(root, os.environ, nuke_dir)
+    working = root["workingSpaceLUT"]
+    if plan.mode == "render":
+        name = colour.read_colorspace("", True, working)
+    else:
+        info = source_info(plate)
+        name = colour.read_colorspace(info.colorspace, info.raw, working)
+    return colour.plate_colour(name, config)
 
 
 @dataclass
@@ -235,6 +266,7 @@ def prepare_build(node: nuke.Node) -> Prepared:
         version=version,
         roi_channel=roi_plan.channel,
         holdout_channel=holdout_plan.channel if holdout_plan else "A",
+        colour=plate_colour(plate, plate_plan),
     )
     renders = [(plan, up) for plan, up in plans if plan.mode == "render"]
     return Prepared(spec, version, version_dir, frames, renders)

@@ -541,6 +541,7 @@ def build_spec(
     holdout: str = "",
     roi_channel: str = "A",
     holdout_channel: str = "A",
+    colour: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The engine's build spec (keys of `rna_engine.settings.BuildSpec`) from knob values.
 
@@ -553,6 +554,7 @@ def build_spec(
         frames: (first, last) plate frame numbers.
         cache_dir: evaluated `cache_dir`; the build goes to `<cache_dir>/v<version>`.
         roi_channel, holdout_channel: channel names as stored in those files (`A`, `mask.A`).
+        colour: `settings.ingest` entries of the plate (`colorspace`, `ocio_config`).
     """
     v = {**default_values(), **dict(values)}
     if not plate:
@@ -581,6 +583,8 @@ def build_spec(
         settings["ingest"] = {"working_long_side": long_side}
     if atlas_scale != 1.0:
         settings["bake"] = {"atlas_scale": atlas_scale}
+    if colour:
+        settings["ingest"] = {**settings.get("ingest", {}), **colour}
     settings = merge_settings(settings, extra_settings(v.get("engine_settings")))
     return {
         "plate": plate,

@@ -38,6 +38,8 @@ NUKE_VERSION_MAJOR = 15
 NUKE_VERSION_MINOR = 1
 NUKE_VERSION_RELEASE = 2
 NUKE_VERSION_STRING = "15.1v2"
+EXE_PATH = ""
+"""The Nuke executable; tests set it to a folder laid out like an install."""
 INVISIBLE = 0x00000400
 DISABLED = 0x00000080
 STARTLINE = 0x00001000
@@ -619,6 +621,22 @@ _CLASS_KNOBS: dict[str, list[tuple[str, type[Knob], Any]]] = {
         ("last_frame", Int_Knob, 100),
         ("fps", Double_Knob, 24.0),
         ("format", String_Knob, "HD_1080"),
+        ("colorManagement", Enumeration_Knob, ("Nuke", "OCIO")),
+        (
+            "OCIO_config",
+            Enumeration_Knob,
+            (
+                "nuke-default",
+                "aces_1.0.3",
+                "aces_1.1",
+                "aces_1.2",
+                "fn-nuke_cg-config-v1.0.0_aces-v1.3_ocio-v2.1",
+                "fn-nuke_studio-config-v1.0.0_aces-v1.3_ocio-v2.1",
+                "custom",
+            ),
+        ),
+        ("customOCIOConfigPath", File_Knob, ""),
+        ("workingSpaceLUT", String_Knob, "linear"),
     ],
 }
 _SOURCE_CLASSES = {"Read", "Input", "Constant", "CheckerBoard2", "ColorWheel", "Root"}
