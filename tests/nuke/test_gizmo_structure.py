@@ -395,7 +395,7 @@ def test_dividers_have_an_empty_label_and_sliders_a_range(path: Path) -> None:
             assert knob.label == "", f'{knob.name}: a divider without l "" shows its name'
         if knob.type_id == 7:
             assert knob.range is not None, f"{knob.name}: slider without R min max"
-        if knob.type_id not in (20, 26) and knob.name not in ("rna_version",):
+        if knob.type_id not in (20, 26):
             assert "t" in knob.options, f"{knob.name}: no tooltip"
 
 
