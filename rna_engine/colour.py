@@ -5,6 +5,8 @@ over-weight highlights:
 - scene-linear plates (EXR, float TIFF): the config's `compositing_log` role applied to the
   `scene_linear` role, scaled so that linear 64.0 (6 stops over diffuse white) maps to 1.0;
 - display-referred plates (8/16-bit sRGB PNG/JPEG/TIFF): the sRGB code values themselves.
+A plate whose colourspace is named (`ingest.colorspace`, e.g. a Nuke Read's log DPX) is first
+converted from it to the config's `scene_linear` role and then treated as scene-linear.
 Everything the cache exports goes back through `decode` to linear light in the plate's own space.
 The config comes from `$OCIO`, else the built-in studio config pinned by its full name; only role
 names are used, so show configs work. Both are recorded in `build.json` and the EXR headers.
@@ -13,6 +15,7 @@ names are used, so show configs work. Both are recorded in `build.json` and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -133,6 +136,40 @@ def _log_processor(config_name: str, forward: bool) -> Any:
         raise InputError(
             f"OCIO config {config_name}: needs the roles scene_linear and compositing_log ({err})"
         ) from err
+
+
+@lru_cache(maxsize=16)
+def _to_linear_processor(colorspace: str, config_name: str) -> Any:
+    import PyOpenColorIO as ocio
+
+    cfg, name = load_config(config_name)
+    if cfg.getColorSpace(colorspace) is None:  # roles and aliases resolve too
+        raise InputError(
+            f"ingest.colorspace: {colorspace!r} is not a colourspace of the OCIO config {name}"
+        )
+    try:
+        return cfg.getProcessor(colorspace, ocio.ROLE_SCENE_LINEAR).getDefaultCPUProcessor()
+    except Exception as err:  # OCIO raises its own Exception type
+        raise InputError(
+            f"ingest.colorspace: no conversion from {colorspace!r} to scene_linear in the OCIO "
+            f"config {name} ({err})"
+        ) from err
+
+
+def plate_to_linear(colorspace: str, config: str = "") -> Callable[[np.ndarray], np.ndarray]:
+    """A converter of plate pixels from `colorspace` to the config's scene_linear role.
+
+    The returned function maps (…, 3) float32 pixels to (…, 3) float32 scene-linear ones (a
+    copy). Raises `InputError` naming `ingest.colorspace` when the config has no such name.
+    """
+    processor = _to_linear_processor(colorspace, config)
+
+    def convert(rgb: np.ndarray) -> np.ndarray:
+        flat = np.ascontiguousarray(rgb, dtype=np.float32).reshape(-1, 3).copy()
+        processor.applyRGB(flat)
+        return flat.reshape(np.shape(rgb))
+
+    return convert
 
 
 def working_space(kind: Kind, config: str = "") -> WorkingSpace:

@@ -29,7 +29,7 @@ from .cache import (
     choose_version,
     write_json_atomic,
 )
-from .colour import WorkingSpace, working_space
+from .colour import WorkingSpace, plate_to_linear, working_space
 from .context import RunContext, open_device
 from .errors import Cancelled, InputError
 from .gpu_memory import StageMemory
@@ -112,7 +112,11 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
     first, first_image = _plate_rgb(frames[numbers[0]])
     height, width = first.shape[:2]
     kind = settings.colour
-    if kind == "auto":
+    to_linear = None
+    if settings.colorspace:  # a named input colourspace wins over the file-type rule
+        to_linear = plate_to_linear(settings.colorspace, settings.ocio_config)
+        kind = "scene_linear"
+    elif kind == "auto":
         kind = "scene_linear" if io.is_scene_linear_file(first_image) else "display"
     space = working_space(kind, settings.ocio_config)
     ww, wh = io.working_size(width, height, settings.working_long_side)
@@ -127,7 +131,10 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
         if rgb.shape[:2] != (height, width):
             return bad, rgb.shape[:2], None
         # Display-referred files hold code values: decode to linear first, then re-encode.
-        linear = rgb if kind == "scene_linear" else _display_to_linear(rgb)
+        if to_linear is not None:
+            linear = to_linear(rgb)
+        else:
+            linear = rgb if kind == "scene_linear" else _display_to_linear(rgb)
         return bad, rgb.shape[:2], space.encode(io.resize_area(linear, ww, wh))
 
     working = np.empty((len(numbers), wh, ww, 3), np.float32)

@@ -72,6 +72,9 @@ class IngestSettings:
     """Plate encoding: auto (EXR/DPX/float TIFF are scene-linear, 8/16-bit images display)."""
     ocio_config: str = ""
     """OCIO config path or `ocio://` URI; empty: $OCIO, else the pinned built-in config."""
+    colorspace: str = ""
+    """Input colourspace name of the plate in the OCIO config (e.g. the Nuke Read's); the plate
+    is converted from it to the config's scene_linear role. Empty: the `colour` auto rule."""
 
     def __post_init__(self) -> None:
         _require(

@@ -28,7 +28,7 @@ from typing import Any
 
 import nuke
 
-from . import __version__, jobs, knobs, render_inputs
+from . import __version__, colour, jobs, knobs, render_inputs
 from .knobs import SpecError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,12 @@ def _value(node: nuke.Node, name: str) -> Any:
     if knob is None:  # a Group made by an older plugin
         return knobs.knob_spec(name).default
     return knob.value()
+
+
+def _text(node: nuke.Node, name: str) -> str:
+    """A knob's text, '' when the node lacks it (RNAApply knobs have no `knobs` spec)."""
+    knob = node.knob(name)
+    return str(knob.value() or "").strip() if knob is not None else ""
 
 
 def _set(node: nuke.Node, name: str, value: Any) -> None:
@@ -112,6 +118,26 @@ def version_dir_of(node: nuke.Node) -> str:
     return knobs.cache_version_dir(evaluated_cache_dir(node), int(_value(node, "version")))
 
 
+def _script_name() -> str:
+    return str(nuke.root()["name"].value())
+
+
+def stored_path(path: str) -> str:
+    """`path` as RNA knobs save it: relative to `$RNA_CACHE_ROOT` or the script when under it."""
+    return knobs.portable_path(path, _script_name(), os.environ)
+
+
+def cache_path_of(node: nuke.Node) -> str:
+    """The version folder the node's Reads use: `cache_path` evaluated ('' when unset)."""
+    knob = node.knob("cache_path")
+    raw = str(knob.value()) if knob is not None else ""
+    if not raw.strip():
+        return ""
+    if isinstance(knob, nuke.EvalString_Knob):
+        return str(knob.evaluate()).strip()
+    return knobs.expand_portable(raw, _script_name(), os.environ)
+
+
 # ------------------------------------------------------------------------------------------
 # preparing a build
 
@@ -142,7 +168,38 @@ def source_info(node: nuke.Node) -> render_inputs.SourceInfo:
         disabled=bool(get("disable", False)),
         reformat=bool(get("reformat", False)),
         frame_offset=bool(str(get("frame", "")).strip()),
+        colorspace=str(get("colorspace", "") or ""),
+        raw=bool(get("raw", False)),
     )
+
+
+_ROOT_COLOUR_KNOBS = ("colorManagement", "OCIO_config", "customOCIOConfigPath", "workingSpaceLUT")
+
+
+def _root_text(name: str) -> str:
+    knob = nuke.root().knob(name)
+    if knob is None:
+        return ""
+    if isinstance(knob, nuke.EvalString_Knob):
+        return str(knob.evaluate()).strip()
+    return str(knob.value()).strip()
+
+
+def plate_colour(plate: nuke.Node, plan: render_inputs.InputPlan) -> dict[str, str]:
+    """`settings.ingest` colour entries of the plate: the Read's colourspace and the config.
+
+    A plate Nuke renders first is written in the working space (the temporary Write's default).
+    """
+    root = {name: _root_text(name) for name in _ROOT_COLOUR_KNOBS}
+    nuke_dir = os.path.dirname(str(getattr(nuke, "EXE_PATH", "") or ""))
+    config = colour.config_path(root, os.environ, nuke_dir)
+    working = root["workingSpaceLUT"]
+    if plan.mode == "render":
+        name = colour.read_colorspace("", True, working)
+    else:
+        info = source_info(plate)
+        name = colour.read_colorspace(info.colorspace, info.raw, working)
+    return colour.plate_colour(name, config)
 
 
 @dataclass
@@ -209,6 +266,7 @@ def prepare_build(node: nuke.Node) -> Prepared:
         version=version,
         roi_channel=roi_plan.channel,
         holdout_channel=holdout_plan.channel if holdout_plan else "A",
+        colour=plate_colour(plate, plate_plan),
     )
     renders = [(plan, up) for plan, up in plans if plan.mode == "render"]
     return Prepared(spec, version, version_dir, frames, renders)
@@ -274,7 +332,7 @@ def build(node: nuke.Node, client_factory: ClientFactory | None = None) -> jobs.
         return None
     if prepared.version != int(_value(node, "version")):
         _set(node, "version", prepared.version)
-    _set(node, "cache_path", prepared.version_dir)
+    _set(node, "cache_path", stored_path(prepared.version_dir))
     _set(node, "cache_ready", False)
     _set(node, "job_id", "")
     _set(node, "status", "submitting to the RNA engine")
@@ -339,6 +397,7 @@ def _finish(name: str, result: jobs.JobResult) -> None:
     if result.ok:
         _set(node, "status", result.message)
         refresh_from_cache(node, reload_reads=True)
+        _update_linked(node)
     elif result.state == "cancelled":
         _set(node, "status", "cancelled")
     else:
@@ -373,7 +432,7 @@ def cancel(node: nuke.Node, client_factory: ClientFactory | None = None) -> None
 
 def refresh_from_cache(node: nuke.Node, reload_reads: bool = False) -> dict[str, Any]:
     """Read `status.json`/`build.json` of the node's version into its status and Info knobs."""
-    version_dir = str(_value(node, "cache_path"))
+    version_dir = cache_path_of(node)
     if not version_dir:
         return {}
     info = knobs.cache_info(version_dir)
@@ -398,11 +457,12 @@ def refresh_from_cache(node: nuke.Node, reload_reads: bool = False) -> dict[str,
 def reload(node: nuke.Node) -> None:
     """The Reload button: point the internal Reads at `<cache_dir>/v###` and re-read it."""
     try:
-        _set(node, "cache_path", version_dir_of(node))
+        _set(node, "cache_path", stored_path(version_dir_of(node)))
     except SpecError as err:
         _report(f"{node.fullName()}: {err}")
         return
     refresh_from_cache(node, reload_reads=True)
+    _update_linked(node)
 
 
 def set_reference_to_current(node: nuke.Node) -> None:
@@ -414,7 +474,7 @@ def open_cache(node: nuke.Node, opener: Callable[[list[str]], Any] | None = None
     """The Open cache button: the version folder (else the cache folder) in the file browser."""
     try:
         candidates = [
-            str(_value(node, "cache_path")),
+            cache_path_of(node),
             version_dir_of(node),
             evaluated_cache_dir(node),
         ]
@@ -448,7 +508,7 @@ def submit_to_farm(node: nuke.Node) -> str | None:
         return None
     if prepared.version != int(_value(node, "version")):
         _set(node, "version", prepared.version)
-    _set(node, "cache_path", prepared.version_dir)
+    _set(node, "cache_path", stored_path(prepared.version_dir))
     _set(node, "status", text)
     if nuke.GUI:
         nuke.message(text)
@@ -516,6 +576,114 @@ def check_atlas(node: nuke.Node) -> list[str]:
     return warnings
 
 
+def is_build_node(node: nuke.Node) -> bool:
+    """An RNAAtlasBuild: the gizmo, or a Group made from it (it has the `rna_tab` tab)."""
+    return node.Class() == "RNAAtlasBuild" or (
+        node.knob("rna_tab") is not None and node.knob("cache_path") is not None
+    )
+
+
+def is_apply_node(node: nuke.Node) -> bool:
+    """An RNAApply: the gizmo, or a Group made from it (it has the `rna_apply_tab` tab)."""
+    return node.Class() == "RNAApply" or node.knob("rna_apply_tab") is not None
+
+
+def build_nodes() -> list[nuke.Node]:
+    """Every RNAAtlasBuild of the script (inside Groups too), in graph order."""
+    return [n for n in nuke.allNodes(group=nuke.root(), recurseGroups=True) if is_build_node(n)]
+
+
+def _pick_build(node: nuke.Node) -> nuke.Node:
+    """The build `node` links to: its `build_node`, else the selected or only RNAAtlasBuild."""
+    named = _text(node, "build_node")
+    if named:
+        found = _node_by_name(named)
+        if found is not None and is_build_node(found):
+            return found
+    builds = build_nodes()
+    if not builds:
+        raise SpecError("link to build: the script has no RNAAtlasBuild node")
+    selected = [b for b in builds if b.isSelected()]
+    if len(selected) == 1:
+        return selected[0]
+    if len(builds) == 1:
+        return builds[0]
+    names = [b.fullName() for b in builds]
+    if nuke.GUI:
+        index = nuke.choice("RNAApply", "RNAAtlasBuild to take the cache from", names, 0)
+        if index is not None:
+            return builds[int(index)]
+    raise SpecError(
+        f"link to build: several RNAAtlasBuild nodes ({', '.join(names)}); "
+        "select one or type its name in 'build'"
+    )
+
+
+def _build_frames(build: nuke.Node, version_dir: str) -> tuple[int, int] | None:
+    """Frames of the build's cache: the finished cache's, else build.json's, else its range."""
+    if bool(_value(build, "cache_ready")):
+        return int(_value(build, "cache_first")), int(_value(build, "cache_last"))
+    info = knobs.cache_info(version_dir)
+    if info["first"] is not None:
+        return int(info["first"]), int(info["last"])
+    plate = build.input(0)
+    values = read_values(build)
+    root = nuke.root()
+    try:
+        return knobs.frame_range(
+            str(values["range_mode"]),
+            (int(plate.firstFrame()), int(plate.lastFrame())) if plate is not None else None,
+            (int(root["first_frame"].value()), int(root["last_frame"].value())),
+            (int(values["first"]), int(values["last"])),
+        )
+    except SpecError:
+        return None
+
+
+def _set_plain(node: nuke.Node, name: str, value: Any) -> None:
+    """Set a knob to a plain value, dropping an expression (e.g. `{{root.first_frame}}`)."""
+    knob = node.knob(name)
+    if knob is None:
+        return
+    if knob.hasExpression():
+        knob.clearAnimated()
+    if knob.value() != value:
+        knob.setValue(value)
+
+
+def link_to_build(node: nuke.Node, build: nuke.Node | None = None) -> nuke.Node | None:
+    """RNAApply's "link to build" button: cache, version and frames from an RNAAtlasBuild.
+
+    The values are baked into plain knobs (cache saved relative, as `cache_path`), so the Group
+    renders on a farm without the plug-in; `build_node` remembers the build, and a finished
+    Build or a Reload of that node updates the RNAApply nodes linked to it.
+    """
+    try:
+        build = build or _pick_build(node)
+        cache_dir = evaluated_cache_dir(build)
+        version = int(_value(build, "version"))
+        version_dir = cache_path_of(build) or knobs.cache_version_dir(cache_dir, version)
+        frames = _build_frames(build, version_dir)
+    except SpecError as err:
+        _report(f"{node.fullName()}: {err}")
+        return None
+    _set_plain(node, "build_node", build.fullName())
+    _set_plain(node, "cache_dir", stored_path(cache_dir))
+    _set_plain(node, "version", version)
+    if frames is not None:
+        _set_plain(node, "first_frame", frames[0])
+        _set_plain(node, "last_frame", frames[1])
+    return build
+
+
+def _update_linked(build: nuke.Node) -> None:
+    """Re-link the RNAApply nodes whose `build_node` names `build` (after Build or Reload)."""
+    name = build.fullName()
+    for other in nuke.allNodes(group=nuke.root(), recurseGroups=True):
+        if is_apply_node(other) and _text(other, "build_node") == name:
+            link_to_build(other, build)
+
+
 # ------------------------------------------------------------------------------------------
 # node callbacks
 
@@ -561,8 +729,8 @@ def _follow_cache_dir(node: nuke.Node) -> None:
         version_dir = version_dir_of(node)
     except SpecError:
         return
-    if version_dir != str(_value(node, "cache_path")):
-        _set(node, "cache_path", version_dir)
+    if version_dir != cache_path_of(node):
+        _set(node, "cache_path", stored_path(version_dir))
         refresh_from_cache(node)
 
 

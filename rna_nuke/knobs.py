@@ -25,7 +25,8 @@ class SpecError(ValueError):
 
 PRESETS = ("draft", "standard", "final")
 RANGE_MODES = ("input", "global", "custom")
-VIEWS = ("plate", "atlas", "UV checker", "matte overlay", "reconstruction")
+VIEWS = ("atlas", "plate", "UV checker", "matte overlay", "reconstruction")
+"""The `view` knob: what the Viewer shows in the GUI; a render always gets the atlas."""
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = ("done", "failed", "cancelled")
 
@@ -42,6 +43,9 @@ KNOB_TYPE_IDS = {
     "Text": 26,
 }
 """`addUserKnob` type numbers (NDK "Knobs by ID")."""
+
+ATLAS_SCALE_RANGE = (0.25, 4.0)
+"""`bake.atlas_scale` values the engine accepts."""
 
 DEFAULT_CACHE_DIR = "[file dirname [value root.name]]/rna/[value this.name]"
 """Beside the script, one folder per node (TCL, evaluated by Nuke)."""
@@ -67,6 +71,8 @@ class KnobSpec(NamedTuple):
     """PyScript button code."""
     flags: tuple[str, ...] = ()
     """Extra `addUserKnob` flags: `-STARTLINE`, `+INVISIBLE`, `+DISABLED`."""
+    slider: tuple[float, float] | None = None
+    """Double knobs: the slider range (`R min max`), the range the engine accepts."""
 
 
 BUILD_KNOBS: tuple[KnobSpec, ...] = (
@@ -148,9 +154,10 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "view",
         "Enumeration",
         "view",
-        "plate",
-        "plate: the plate with the rna layers; atlas: the image to paint on; UV checker, "
-        "matte overlay, reconstruction: checks of the fit.",
+        "atlas",
+        "What the Viewer shows in this session. atlas: the image to paint on; plate: the plate "
+        "with the rna layers; UV checker, matte overlay, reconstruction: checks of the fit. "
+        "A render (farm or local) always outputs the atlas, whatever view is chosen.",
         values=VIEWS,
     ),
     KnobSpec("buttons_divider", "Text", ""),
@@ -212,7 +219,8 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "File",
         "cache path",
         "",
-        "Resolved version folder the internal Reads use (set by Build and Reload).",
+        "Version folder the internal Reads use (set by Build and Reload); saved as "
+        "[getenv RNA_CACHE_ROOT]/... or [file dirname [value root.name]]/... when under them.",
         flags=("+INVISIBLE",),
     ),
     KnobSpec(
@@ -257,6 +265,7 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "atlas scale",
         1.0,
         "Atlas size as a multiple of the plate format (0.25 to 4).",
+        slider=ATLAS_SCALE_RANGE,
     ),
     KnobSpec("seed", "Int", "seed", 0, "Seed of every random choice of the fit."),
     KnobSpec("device", "String", "device", "auto", "auto, cpu or cuda:N."),
@@ -265,7 +274,8 @@ BUILD_KNOBS: tuple[KnobSpec, ...] = (
         "File",
         "engine python",
         "",
-        "Python of the engine environment (empty: $RNA_ENGINE_PYTHON, else the default).",
+        "Python of the engine environment. Empty: $RNA_ENGINE_PYTHON, else engine_python in "
+        "$RNA_HOME/config.json, else rna-engine on PATH (never Nuke's own Python).",
     ),
     KnobSpec(
         "engine_settings",
@@ -318,7 +328,7 @@ def tcl_quote(text: str) -> str:
 def user_knob_line(spec: KnobSpec) -> str:
     """The `addUserKnob {...}` line of `spec`, as it appears in the gizmo."""
     parts = [str(KNOB_TYPE_IDS[spec.kind]), spec.name]
-    if spec.label:
+    if spec.label or spec.kind == "Text":  # a Text knob without `l` shows its name as label
         parts += ["l", tcl_quote(spec.label)]
     if spec.command:
         parts += ["T", tcl_quote(spec.command)]
@@ -328,6 +338,8 @@ def user_knob_line(spec: KnobSpec) -> str:
         parts += ["t", tcl_quote(spec.tooltip)]
     if spec.values:
         parts += ["M", "{" + " ".join(tcl_quote(v) for v in spec.values) + "}"]
+    if spec.slider is not None:
+        parts += ["R", f"{spec.slider[0]:g}", f"{spec.slider[1]:g}"]
     parts += list(spec.flags)
     return "addUserKnob {" + " ".join(parts) + "}"
 
@@ -361,6 +373,54 @@ def cache_version_dir(cache_dir: str, version: int) -> str:
     if version < 1:
         raise SpecError(f"version: {version} (must be 1 or more)")
     return f"{cache_dir.rstrip('/').rstrip(os.sep)}/v{version:03d}"
+
+
+CACHE_ROOT_ENV = "RNA_CACHE_ROOT"
+"""Project root of caches: a path under it is stored as `[getenv RNA_CACHE_ROOT]/...`."""
+SCRIPT_DIR_TCL = "[file dirname [value root.name]]"
+_CACHE_ROOT_TCL = f"[getenv {CACHE_ROOT_ENV}]"
+
+
+def _under(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` (forward slashes) when inside it, else None."""
+    if not folder:
+        return None
+    clean, base = path.replace("\\", "/").rstrip("/"), folder.replace("\\", "/").rstrip("/")
+    if os.name == "nt":
+        clean_cmp, base_cmp = clean.lower(), base.lower()
+    else:
+        clean_cmp, base_cmp = clean, base
+    if not base_cmp or not clean_cmp.startswith(base_cmp + "/"):
+        return None
+    return clean[len(base) + 1 :]
+
+
+def portable_path(path: str, script: str, env: Mapping[str, str]) -> str:
+    """`path` as a knob stores it, so a moved or farm-mapped project still finds it.
+
+    Under `$RNA_CACHE_ROOT`: `[getenv RNA_CACHE_ROOT]/<rest>`; else under the script's folder:
+    `[file dirname [value root.name]]/<rest>`; else `path` itself (forward slashes).
+    """
+    clean = path.replace("\\", "/")
+    rest = _under(clean, env.get(CACHE_ROOT_ENV, ""))
+    if rest is not None:
+        return f"{_CACHE_ROOT_TCL}/{rest}"
+    rest = _under(clean, os.path.dirname(script.replace("\\", "/")) if script else "")
+    if rest is not None:
+        return f"{SCRIPT_DIR_TCL}/{rest}"
+    return clean
+
+
+def expand_portable(text: str, script: str, env: Mapping[str, str]) -> str:
+    """The path a `portable_path` value names (what Nuke's TCL evaluates it to)."""
+    if text.startswith(_CACHE_ROOT_TCL):
+        return (
+            env.get(CACHE_ROOT_ENV, "").replace("\\", "/").rstrip("/")
+            + text[len(_CACHE_ROOT_TCL) :]
+        )
+    if text.startswith(SCRIPT_DIR_TCL):
+        return os.path.dirname(script.replace("\\", "/")) + text[len(SCRIPT_DIR_TCL) :]
+    return text
 
 
 def split_cache_dir(cache_dir: str) -> tuple[str, str]:
@@ -481,6 +541,7 @@ def build_spec(
     holdout: str = "",
     roi_channel: str = "A",
     holdout_channel: str = "A",
+    colour: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The engine's build spec (keys of `rna_engine.settings.BuildSpec`) from knob values.
 
@@ -493,6 +554,7 @@ def build_spec(
         frames: (first, last) plate frame numbers.
         cache_dir: evaluated `cache_dir`; the build goes to `<cache_dir>/v<version>`.
         roi_channel, holdout_channel: channel names as stored in those files (`A`, `mask.A`).
+        colour: `settings.ingest` entries of the plate (`colorspace`, `ocio_config`).
     """
     v = {**default_values(), **dict(values)}
     if not plate:
@@ -509,7 +571,7 @@ def build_spec(
     if long_side != 0 and not 32 <= long_side <= 8192:
         raise SpecError(f"working resolution: {long_side} (0 for the preset, else 32 to 8192)")
     atlas_scale = float(v["atlas_scale"])
-    if not 0.25 <= atlas_scale <= 4.0:
+    if not ATLAS_SCALE_RANGE[0] <= atlas_scale <= ATLAS_SCALE_RANGE[1]:
         raise SpecError(f"atlas scale: {atlas_scale:g} (must be 0.25 to 4)")
     first, last = frames
     reference = int(v["reference_frame"])
@@ -521,6 +583,8 @@ def build_spec(
         settings["ingest"] = {"working_long_side": long_side}
     if atlas_scale != 1.0:
         settings["bake"] = {"atlas_scale": atlas_scale}
+    if colour:
+        settings["ingest"] = {**settings.get("ingest", {}), **colour}
     settings = merge_settings(settings, extra_settings(v.get("engine_settings")))
     return {
         "plate": plate,

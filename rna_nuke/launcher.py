@@ -1,14 +1,19 @@
 """Find the running engine, or start one (docs/protocol.md); standard library only, Python 3.9+.
 
-The engine runs in its own Python (torch, GPU): `$RNA_ENGINE_PYTHON`, a knob's value, or this
-interpreter. It is started detached (`<python> -m rna_engine serve`), its output going to
-`$RNA_HOME/logs/engine.stdout.log`, and is live once its discovery file exists, its process is
-alive and it answers `hello`.
+The engine runs in its own Python (torch, GPU), found in this order: the node's `engine python`
+knob, `$RNA_ENGINE_PYTHON`, `engine_python` in `$RNA_HOME/config.json` (default
+`~/.rna/config.json`), an `rna-engine` executable on `PATH`. Never this interpreter: inside Nuke
+it is Nuke's own Python, which has no torch; with none configured the error names what to set.
+The engine is started detached (`<python> -m rna_engine serve` or `rna-engine serve`), its output
+going to `$RNA_HOME/logs/engine.stdout.log`, and is live once its discovery file exists, its
+process is alive and it answers `hello`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +23,10 @@ from .client import DISCOVERY_NAME, EngineClient, default_rna_home, read_discove
 from .protocol import EngineError
 
 LAUNCH_LOG = "engine.stdout.log"
+CONFIG_NAME = "config.json"
+"""`$RNA_HOME/config.json`: `{"engine_python": "/path/to/engine/env/bin/python"}`."""
+ENGINE_PYTHON_ENV = "RNA_ENGINE_PYTHON"
+ENGINE_EXECUTABLE = "rna-engine"
 _STRIPPED_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE")
 """Nuke's own Python settings would break another interpreter; the engine env is its own."""
 _STARTED: list[subprocess.Popen] = []
@@ -60,9 +69,53 @@ def find_engine(rna_home: str | Path | None = None) -> EngineClient | None:
     return EngineClient(path)
 
 
-def engine_python(python: str | None = None) -> str:
-    """The engine's interpreter: the argument, else `$RNA_ENGINE_PYTHON`, else this one."""
-    return python or os.environ.get("RNA_ENGINE_PYTHON") or sys.executable
+def configured_python(rna_home: str | Path | None = None) -> str:
+    """`engine_python` of `$RNA_HOME/config.json`, '' when the file is absent.
+
+    Raises:
+        EngineError: `engine_start` when the file exists but is not a JSON object of strings.
+    """
+    path = Path(rna_home or default_rna_home()) / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        raise EngineError("engine_start", f"{path}: cannot read ({err.strerror})") from err
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise EngineError("engine_start", f"{path}: not valid JSON ({err})") from err
+    value = data.get("engine_python", "") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        raise EngineError("engine_start", f'{path}: expected {{"engine_python": "<path>"}}')
+    return value.strip()
+
+
+def engine_command(python: str | None = None, rna_home: str | Path | None = None) -> list[str]:
+    """argv that runs the engine CLI: `<python> -m rna_engine`, or `rna-engine` from `PATH`.
+
+    Args:
+        python: the node's `engine python` knob ('' or None: not set).
+        rna_home: where `config.json` is looked for (default `$RNA_HOME`, else `~/.rna`).
+
+    Raises:
+        EngineError: `engine_start` naming what to set when no engine is configured.
+    """
+    exe = (python or "").strip() or os.environ.get(ENGINE_PYTHON_ENV, "").strip()
+    exe = exe or configured_python(rna_home)
+    if exe:
+        return [exe, "-m", "rna_engine"]
+    found = shutil.which(ENGINE_EXECUTABLE)
+    if found:
+        return [found]
+    config = Path(rna_home or default_rna_home()) / CONFIG_NAME
+    raise EngineError(
+        "engine_start",
+        f"no RNA engine configured: set {ENGINE_PYTHON_ENV} (or the node's engine python knob, "
+        f'or "engine_python" in {config}) to the Python of the engine environment, '
+        f"or put {ENGINE_EXECUTABLE} on PATH",
+    )
 
 
 def _tail(path: Path, lines: int = 6) -> str:
@@ -82,7 +135,7 @@ def start_engine(
     """Start `<python> -m rna_engine serve` detached and wait until it answers `hello`.
 
     Args:
-        python: the engine's interpreter (see `engine_python`).
+        python: the engine's interpreter (the knob; see `engine_command` for the rest).
         timeout_s: how long to wait for the discovery file and `hello`.
         rna_home: the engine's `$RNA_HOME` (default: ours).
         device: `--device` of the engine (auto, cpu, cuda:N).
@@ -90,8 +143,9 @@ def start_engine(
     Raises:
         EngineError: `engine_start`, naming the interpreter and the log file.
     """
-    exe = engine_python(python)
     home = Path(rna_home or default_rna_home())
+    prefix = engine_command(python, home)
+    exe = " ".join(prefix)
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / LAUNCH_LOG
@@ -99,7 +153,7 @@ def start_engine(
     env["RNA_HOME"] = str(home)
     if os.environ.get("RNA_ENGINE_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["RNA_ENGINE_PYTHONPATH"]
-    command = [exe, "-m", "rna_engine", "serve", "--device", device]
+    command = [*prefix, "serve", "--device", device]
     windows = sys.platform == "win32"
     flags = 0
     if windows:
@@ -121,7 +175,7 @@ def start_engine(
     except OSError as err:
         raise EngineError(
             "engine_start",
-            f"cannot run the engine interpreter {exe} ({err}); set RNA_ENGINE_PYTHON",
+            f"cannot run the engine {exe} ({err}); set {ENGINE_PYTHON_ENV}",
         ) from err
 
     _STARTED.append(process)
@@ -137,7 +191,7 @@ def start_engine(
                 return client
             raise EngineError(
                 "engine_start",
-                f"the engine ({exe} -m rna_engine serve) exited with code {code}; "
+                f"the engine ({exe} serve) exited with code {code}; "
                 f"see {log_path}: {_tail(log_path)}",
             )
         time.sleep(0.1)
@@ -145,7 +199,7 @@ def start_engine(
     process.wait(5.0)
     raise EngineError(
         "engine_start",
-        f"the engine ({exe} -m rna_engine serve) did not answer within {timeout_s:.0f}s; "
+        f"the engine ({exe} serve) did not answer within {timeout_s:.0f}s; "
         f"see {log_path}: {_tail(log_path)}",
     )
 

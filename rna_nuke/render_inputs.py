@@ -43,6 +43,10 @@ class SourceInfo:
     """The Read reformats its image (the file is not what Nuke shows)."""
     frame_offset: bool = False
     """The Read shifts frame numbers (`frame_mode` offset / start at)."""
+    colorspace: str = ""
+    """The Read's `colorspace` knob (`default (linear)`, `ACES - ACEScct`...)."""
+    raw: bool = False
+    """The Read's `raw` knob (no colour conversion)."""
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ What it models: nodes with knobs, inputs and groups (`createNode`, `nodes.X(...)
 the plug-in path, a TCL-word tokenizer with the stack wiring of `set`/`push`/`inputs`, user
 knobs from `addUserKnob`); knob callbacks (`knobChanged` fired for programmatic changes as in
 Nuke 17.1, `onCreate` after creation, PyScript buttons) with `thisNode`/`thisKnob`; a minimal
-TCL (`value`, `file dirname|tail|join|rootname`, `format`, `frame`) for `File_Knob.evaluate`,
-`filename` and `tcl`; `execute` (recorded; `fake.on_execute` may write files); a recording
-`ProgressTask`, `message`, `menu`.
+TCL (`value`, `file dirname|tail|join|rootname`, `format`, `frame`, `subst`, `getenv`; results
+are not substituted again) for `File_Knob.evaluate`, `filename` and `tcl`; `execute`
+(recorded; `fake.on_execute` may write files); a recording `ProgressTask`, `message`, `menu`.
 
 Test-side helpers live on `nuke.fake` (the state of the current graph), never on the API.
 """
@@ -38,6 +38,8 @@ NUKE_VERSION_MAJOR = 15
 NUKE_VERSION_MINOR = 1
 NUKE_VERSION_RELEASE = 2
 NUKE_VERSION_STRING = "15.1v2"
+EXE_PATH = ""
+"""The Nuke executable; tests set it to a folder laid out like an install."""
 INVISIBLE = 0x00000400
 DISABLED = 0x00000080
 STARTLINE = 0x00001000
@@ -87,6 +89,9 @@ class FakeState:
         self.knob_changed_calls = 0
         self.knob_changed_depth = 0
         self.ask_answer = True
+        self.choice_answer: int | None = None
+        """What `nuke.choice` returns (an option index; None = the user cancelled)."""
+        self.choices: list[tuple[str, list[str]]] = []
         self.callbacks: dict[str, list[Any]] = {}
 
     # test helpers
@@ -210,6 +215,12 @@ class Knob:
 
     def isAnimated(self, *args: Any) -> bool:
         return False
+
+    def clearAnimated(self, *args: Any) -> bool:
+        """Drop the animation or expression; the knob keeps its last plain value."""
+        self._touch("set")
+        self._expression = None
+        return True
 
     def setEnabled(self, enabled: bool) -> None:
         self._touch("enable")
@@ -610,6 +621,22 @@ _CLASS_KNOBS: dict[str, list[tuple[str, type[Knob], Any]]] = {
         ("last_frame", Int_Knob, 100),
         ("fps", Double_Knob, 24.0),
         ("format", String_Knob, "HD_1080"),
+        ("colorManagement", Enumeration_Knob, ("Nuke", "OCIO")),
+        (
+            "OCIO_config",
+            Enumeration_Knob,
+            (
+                "nuke-default",
+                "aces_1.0.3",
+                "aces_1.1",
+                "aces_1.2",
+                "fn-nuke_cg-config-v1.0.0_aces-v1.3_ocio-v2.1",
+                "fn-nuke_studio-config-v1.0.0_aces-v1.3_ocio-v2.1",
+                "custom",
+            ),
+        ),
+        ("customOCIOConfigPath", File_Knob, ""),
+        ("workingSpaceLUT", String_Knob, "linear"),
     ],
 }
 _SOURCE_CLASSES = {"Read", "Input", "Constant", "CheckerBoard2", "ColorWheel", "Root"}
@@ -1290,6 +1317,14 @@ def alert(prompt: str) -> None:
     fake.messages.append(str(prompt))
 
 
+def choice(title: str, prompt: str, options: Iterable[str], default: int = 0) -> int | None:
+    """A modal list (GUI only in Nuke): the index picked, or None when cancelled."""
+    if not GUI:
+        raise RuntimeError("choice: no GUI")
+    fake.choices.append((prompt, list(options)))
+    return fake.choice_answer
+
+
 def ask(prompt: str) -> bool:
     fake.messages.append(str(prompt))
     return fake.ask_answer
@@ -1466,10 +1501,14 @@ def _resolve_knob(path: str, node: Node) -> Knob | None:
     return owner.knob(knob_name)
 
 
-def _tcl_command(words: list[str], node: Node) -> str:
+def _tcl_command(words: list[str], node: Node, depth: int = 0) -> str:
     if not words:
         return ""
     cmd, args = words[0], words[1:]
+    if cmd == "subst" and len(args) == 1:
+        return _tcl_subst(args[0], node, depth + 1)
+    if cmd == "getenv" and len(args) == 1:
+        return os.environ.get(args[0], "")
     if cmd == "value" and args:
         knob = _resolve_knob(args[0], node)
         if knob is None:
@@ -1508,15 +1547,41 @@ def _tcl_command(words: list[str], node: Node) -> str:
     raise RuntimeError(f"fake tcl: unsupported command {' '.join(words)!r}")
 
 
-def _tcl_subst(text: str, node: Node) -> str:
-    """Evaluate `[cmd ...]` substitutions, innermost first."""
-    for _ in range(100):
-        m = re.search(r"\[([^\[\]]*)\]", text)
-        if m is None:
-            return text
-        words = [w.text for w in _flat_words(m.group(1))]
-        text = text[: m.start()] + _tcl_command(words, node) + text[m.end() :]
-    raise RuntimeError("fake tcl: too many substitutions")
+def _tcl_subst(text: str, node: Node, depth: int = 0) -> str:
+    """Evaluate `[cmd ...]` substitutions, innermost first.
+
+    As in Tcl, what a substitution returns is not substituted again (only `subst` does that):
+    `[value knob]` of a knob holding `[file dirname ...]` returns that text as it is.
+    """
+    if depth > 50:
+        raise RuntimeError("fake tcl: substitutions nested too deep")
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            out.append(text[i : i + 2])
+            i += 2
+            continue
+        if ch != "[":
+            out.append(ch)
+            i += 1
+            continue
+        level, j = 0, i
+        while j < len(text):
+            if text[j] == "\\":
+                j += 2
+                continue
+            level += {"[": 1, "]": -1}.get(text[j], 0)
+            if level == 0:
+                break
+            j += 1
+        if level:
+            raise RuntimeError(f"fake tcl: unbalanced [ in {text!r}")
+        inner = _tcl_subst(text[i + 1 : j], node, depth + 1)
+        out.append(_tcl_command([w.text for w in _flat_words(inner)], node, depth))
+        i = j + 1
+    return "".join(out)
 
 
 # ------------------------------------------------------------------------------------------

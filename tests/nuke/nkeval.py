@@ -2,8 +2,9 @@
 
 It evaluates a parsed gizmo (`nkparse`) for one frame: Input, Output, Read (EXR through
 `rna_engine.io`), STMap, Merge2 (plus, minus, from, multiply, min, max), Copy, Expression,
-Multiply, Remove, Switch, Dissolve and Dot, the `disable` knob, `{{expression}}` knobs and the
-Tcl commands `value`, `format` and `exists` inside `[...]`.
+Multiply, Remove, Switch, Dissolve and Dot, the `disable` knob, `{{expression}}` knobs (with
+`$gui`: False = a render, True = the interactive Viewer) and the Tcl commands `value`, `format`,
+`exists`, `subst`, `getenv` and `file dirname` inside `[...]`.
 
 It is deliberately *not* written like `rna_engine`: images are held as Nuke holds them — one
 float64 plane per named channel (`rgba.red`, `rna_uv.u`), **row 0 at the bottom** (y up) — and
@@ -16,6 +17,7 @@ with `rna_engine.stmap`: `test_two_stmap_implementations_agree` checks one again
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,7 +101,7 @@ def nuke_channel_name(file_channel: str) -> str:
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+    r"|(?P<name>\$?[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
     r"|(?P<op>&&|\|\||==|!=|>=|<=|[-+*/%!?:(),<>]))"
 )
 _BINARY = {
@@ -362,6 +364,9 @@ class GizmoEvaluator:
         frame: the frame to render.
         root: root knobs (`first_frame`, `last_frame`), as numbers.
         root_format: (width, height) of black images (unconnected inputs, frames out of range).
+        gui: the value of `$gui`: False is a render (farm, `nuke -x`, a local render), True the
+            interactive session's Viewer.
+        env: environment variables for `[getenv NAME]` (default: none set).
     """
 
     def __init__(
@@ -372,8 +377,12 @@ class GizmoEvaluator:
         frame: int,
         root: Mapping[str, Any],
         root_format: tuple[int, int],
+        gui: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.group = group
+        self.gui = gui
+        self.env = dict(env or {})
         self.inputs = dict(inputs)
         self.overrides = dict(knobs)
         unknown = [k for k in self.overrides if group.user_knob(k) is None]
@@ -428,6 +437,8 @@ class GizmoEvaluator:
             return float(self.root[name[5:]])
         if name == "frame":
             return float(self.frame)
+        if name == "$gui":
+            return 1.0 if self.gui else 0.0
         raise EvalError(f"{name}: unknown name in a knob expression")
 
     def scalar(self, expression: str) -> float:
@@ -443,7 +454,10 @@ class GizmoEvaluator:
         return 1.0 if text == "true" else 0.0 if text == "false" else float(text)
 
     def tcl(self, text: str) -> str:
-        """Substitute `[command ...]` (value, format, exists), innermost first."""
+        """Substitute `[command ...]` (value, format, exists, subst, getenv, file dirname).
+
+        As in Tcl, the result of a substitution is not substituted again, except by `subst`.
+        """
         out: list[str] = []
         i = 0
         while i < len(text):
@@ -459,7 +473,11 @@ class GizmoEvaluator:
                 j += 1
             if depth:
                 raise EvalError(f"unbalanced [ in {text!r}")
-            out.append(self._tcl_command(self.tcl(text[i + 1 : j])))
+            inner = text[i + 1 : j]
+            if inner.startswith("subst "):  # one word, substituted twice (Tcl's subst)
+                out.append(self.tcl(self.tcl(inner[6:].strip())))
+            else:
+                out.append(self._tcl_command(self.tcl(inner)))
             i = j + 1
         return "".join(out)
 
@@ -472,6 +490,10 @@ class GizmoEvaluator:
             if target.startswith("root."):
                 return str(self.root[target[5:]])
             raise EvalError(f"[value {target}]: only parent.* and root.* are supported")
+        if words[0] == "getenv" and len(words) == 2:
+            return self.env.get(words[1], "")
+        if words[0] == "file" and len(words) == 3 and words[1] == "dirname":
+            return posixpath.dirname(words[2])
         if words[0] == "format" and len(words) >= 2:
             args = [float(a) if re.fullmatch(r"-?\d+\.\d*", a) else int(a) for a in words[2:]]
             return words[1] % tuple(args)

@@ -147,7 +147,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "home": home,
                 "shot": shot,
                 "frames": frames,
-                "version_dir": Path(node["cache_path"].value()),
+                "version_dir": Path(glue.cache_path_of(node)),
                 "status": node["status"].value(),
                 "cache_ready": node["cache_ready"].value(),
                 "cache_range": (node["cache_first"].value(), node["cache_last"].value()),

@@ -356,3 +356,57 @@ def test_absolute_path_pattern() -> None:
         "rna.####.exr",
     ):
         assert not _ABSOLUTE.search(good), good
+
+
+NUKE_KNOB_CLASSES = {
+    1: "String_Knob",
+    2: "File_Knob",
+    3: "Int_Knob",
+    4: "Enumeration_Knob",
+    6: "Boolean_Knob",
+    7: "Double_Knob",
+    11: "Channel_Knob",
+    20: "Tab_Knob",
+    22: "PyScript_Knob",
+    26: "Text_Knob",
+}
+"""`addUserKnob` type → the Python class Nuke gives the knob: every type the gizmos use.
+The `nuke`-marked test checks these classes in a real Nuke; until then this table, the fake
+and nkparse must all know every type used."""
+
+
+@pytest.mark.parametrize("path", GIZMOS, ids=lambda p: p.name)
+def test_every_knob_type_used_is_covered(path: Path, fake_nuke) -> None:
+    group = _group(path)
+    used = {k.type_id for node in [group, *group.walk()] for k in node.user_knobs}
+    assert used <= set(NUKE_KNOB_CLASSES), (
+        f"no expected class for types {used - set(NUKE_KNOB_CLASSES)}"
+    )
+    for type_id in used:
+        cls = fake_nuke._USER_KNOB_TYPES[type_id]  # the fake loads it as that knob class
+        assert cls.__name__ == NUKE_KNOB_CLASSES[type_id], type_id
+
+
+@pytest.mark.parametrize("path", GIZMOS, ids=lambda p: p.name)
+def test_dividers_have_an_empty_label_and_sliders_a_range(path: Path) -> None:
+    group = _group(path)
+    for knob in group.user_knobs:
+        if knob.type_id == 26 and "T" not in knob.options:  # a divider line
+            assert knob.label == "", f'{knob.name}: a divider without l "" shows its name'
+        if knob.type_id == 7:
+            assert knob.range is not None, f"{knob.name}: slider without R min max"
+        if knob.type_id not in (20, 26):
+            assert "t" in knob.options, f"{knob.name}: no tooltip"
+
+
+def test_atlas_scale_slider_is_the_range_the_engine_accepts() -> None:
+    from rna_engine.errors import InputError
+    from rna_engine.settings import BakeSettings
+
+    knob = _group(GIZMO_DIR / "RNAAtlasBuild.gizmo").user_knob("atlas_scale")
+    assert knob is not None and knob.range == (0.25, 4.0)
+    low, high = knob.range
+    BakeSettings(atlas_scale=low), BakeSettings(atlas_scale=high)
+    for outside in (low - 0.01, high + 0.01):
+        with pytest.raises(InputError, match="bake.atlas_scale"):
+            BakeSettings(atlas_scale=outside)

@@ -120,11 +120,14 @@ def test_create_node_makes_a_group_with_rna_version(scene: dict[str, Any]) -> No
     inner = {n.name(): n for n in node.nodes()}
     assert [n.name() for n in node.nodes() if n.Class() == "Input"] == ["plate", "roi", "holdout"]
     assert "Viewer" not in {n.Class() for n in node.nodes()}
-    assert inner["Read_passes"]["file"].value() == "[value parent.cache_path]/passes/rna.####.exr"
-    assert inner["Read_atlas"]["file"].value() == "[value parent.cache_path]/atlas/atlas.exr"
+    passes = "[subst [value parent.cache_path]]/passes/rna.####.exr"
+    assert inner["Read_passes"]["file"].value() == passes
+    assert (
+        inner["Read_atlas"]["file"].value() == "[subst [value parent.cache_path]]/atlas/atlas.exr"
+    )
     switch = inner["view_switch"]
     assert [switch.input(i).name() for i in range(5)] == [
-        "cache_ready_switch", "Read_atlas", "Merge_checker", "Merge_overlay", "Merge_recon",
+        "Read_atlas", "cache_ready_switch", "Merge_checker", "Merge_overlay", "Merge_recon",
     ]  # fmt: skip
     assert node.output().input(0) is switch
     assert not node["first"].enabled()  # onCreate ran: range_mode is input
@@ -169,7 +172,8 @@ def test_build_sends_the_read_path_and_the_reference_frame(scene: dict[str, Any]
     assert node["status"].value() == "done | 100%"
     assert node["cache_ready"].value() is True
     assert (node["cache_first"].value(), node["cache_last"].value()) == (1001, 1010)
-    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert node["cache_path"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild1/v001"
+    assert glue.cache_path_of(node) == f"{scene['cache'].as_posix()}/v001"
     assert node["info_cache_hash"].value() == "feedbeef"
     assert node["job_id"].value() == "job-7"
     assert node.node("Read_passes")["reload"].executions == 1
@@ -289,7 +293,7 @@ def test_a_finished_version_is_never_rebuilt(scene: dict[str, Any]) -> None:
     _wait(glue.build(node, client_factory=lambda: engine))
     assert engine.submitted[0]["version"] == 2
     assert node["version"].value() == 2
-    assert node["cache_path"].value() == f"{cache}/v002"
+    assert glue.cache_path_of(node) == f"{cache.as_posix()}/v002"
 
 
 def test_set_reference_button_uses_the_current_frame(scene: dict[str, Any]) -> None:
@@ -307,12 +311,12 @@ def test_knob_changed_guards_its_own_changes(scene: dict[str, Any]) -> None:
     calls = nuke.fake.knob_changed_calls
     node["version"].setValue(0)  # clamped to 1 by the callback, which fires it again
     assert node["version"].value() == 1
-    assert node["cache_path"].value() == f"{scene['cache']}/v001"
+    assert scene["glue"].cache_path_of(node) == f"{scene['cache'].as_posix()}/v001"
     assert nuke.fake.knob_changed_calls - calls == 3  # version, its clamp, cache_path; no loop
 
 
 def test_reload_reads_the_cache(scene: dict[str, Any]) -> None:
-    node, cache = scene["node"], scene["cache"]
+    glue, node, cache = scene["glue"], scene["node"], scene["cache"]
     root = cache / "v003"
     (root / "atlas").mkdir(parents=True)
     (root / "atlas" / "atlas.exr").write_bytes(b"exr")
@@ -320,7 +324,7 @@ def test_reload_reads_the_cache(scene: dict[str, Any]) -> None:
     (root / "status.json").write_text(json.dumps({"state": "done", "build_hash": "h3"}))
     node["version"].setValue(3)
     node["reload"].execute()
-    assert node["cache_path"].value() == str(root).replace("\\", "/")
+    assert glue.cache_path_of(node) == root.as_posix()
     assert node["cache_ready"].value() is True
     assert node["info_cache_hash"].value() == "h3"
     assert node.node("Read_passes")["reload"].executions == 1
@@ -457,3 +461,103 @@ def test_menu_adds_an_rna_toolbar_that_creates_groups(fake_nuke: ModuleType) -> 
     toolbar.findItem("RNAAtlasBuild").invoke()
     [node] = nuke.allNodes()
     assert (node.Class(), node.name()) == ("Group", "RNAAtlasBuild1")
+
+
+def test_cache_path_is_saved_relative_to_the_script_and_follows_a_move(
+    scene: dict[str, Any], tmp_path: Path
+) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))
+    stored = node["cache_path"].value()
+    assert stored == "[file dirname [value root.name]]/rna/RNAAtlasBuild1/v001"
+    # the project is moved (or path-mapped on the farm): the same text names the new place
+    moved = tmp_path / "moved"
+    nuke.root()["name"].setValue(str(moved / "comp.nk"))
+    assert glue.cache_path_of(node) == f"{moved.as_posix()}/rna/RNAAtlasBuild1/v001"
+    read = node.node("Read_atlas")
+    assert nuke.filename(read) == f"{moved.as_posix()}/rna/RNAAtlasBuild1/v001/atlas/atlas.exr"
+
+
+def test_cache_path_under_rna_cache_root_uses_the_variable(
+    scene: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    glue, node = scene["glue"], scene["node"]
+    monkeypatch.setenv("RNA_CACHE_ROOT", str(tmp_path / "caches"))
+    node["cache_dir"].setValue(str(tmp_path / "caches" / "sh010" / "plate_fix"))
+    stored = node["cache_path"].value()  # knobChanged followed the new folder
+    assert stored == "[getenv RNA_CACHE_ROOT]/sh010/plate_fix/v001"
+    monkeypatch.setenv("RNA_CACHE_ROOT", str(tmp_path / "farm_mount"))
+    assert (
+        glue.cache_path_of(node) == f"{(tmp_path / 'farm_mount').as_posix()}/sh010/plate_fix/v001"
+    )
+    node["cache_dir"].setValue(str(tmp_path / "elsewhere" / "c"))  # under neither: absolute
+    assert node["cache_path"].value() == f"{(tmp_path / 'elsewhere').as_posix()}/c/v001"
+
+
+def _apply_linked_after_a_build(scene: dict[str, Any]) -> Any:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))
+    apply_node = glue.create_node("RNAApply")
+    apply_node.setInput(0, scene["plate"])
+    assert apply_node["first_frame"].hasExpression()  # {{root.first_frame}} until linked
+    apply_node["link_build"].execute()  # the gizmo's own button code
+    assert nuke.fake.messages == []
+    return apply_node
+
+
+def test_link_to_build_bakes_cache_version_and_frames(scene: dict[str, Any]) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    apply_node = _apply_linked_after_a_build(scene)
+    assert apply_node["build_node"].value() == "RNAAtlasBuild1"
+    # plain values (no expression, no Python at render time), the cache saved script-relative
+    assert apply_node["cache_dir"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild1"
+    assert apply_node["version"].value() == 1
+    assert (apply_node["first_frame"].value(), apply_node["last_frame"].value()) == (1001, 1010)
+    assert not apply_node["first_frame"].hasExpression()
+    assert not apply_node["last_frame"].hasExpression()
+    assert not str(apply_node["onCreate"].value()) and not str(apply_node["knobChanged"].value())
+    nuke.frame(1004)
+    passes = nuke.filename(apply_node.node("ReadPasses"), nuke.REPLACE)
+    assert passes == f"{scene['cache'].as_posix()}/v001/passes/rna.1004.exr"
+    atlas = nuke.filename(apply_node.node("ReadAtlas"))
+    assert atlas == glue.cache_path_of(node) + "/atlas/atlas.exr"
+
+
+def test_a_new_build_version_updates_the_linked_apply(scene: dict[str, Any]) -> None:
+    glue, node = scene["glue"], scene["node"]
+    apply_node = _apply_linked_after_a_build(scene)
+    node["range_mode"].setValue("custom")
+    node["first"].setValue(1002)
+    node["last"].setValue(1008)
+    _wait(glue.build(node, client_factory=lambda: Engine(steps=1)))  # v001 is done: v002
+    assert node["version"].value() == 2
+    assert apply_node["version"].value() == 2
+    assert (apply_node["first_frame"].value(), apply_node["last_frame"].value()) == (1002, 1008)
+
+
+def test_link_to_build_asks_when_there_are_several(scene: dict[str, Any], caplog: Any) -> None:
+    nuke, glue, node = scene["nuke"], scene["glue"], scene["node"]
+    second = glue.create_node("RNAAtlasBuild")
+    second["version"].setValue(4)
+    for n in nuke.allNodes():
+        n.setSelected(False)
+    apply_node = glue.create_node("RNAApply")
+    nuke.fake.choice_answer = 1
+    assert glue.link_to_build(apply_node) is second
+    assert nuke.fake.choices == [
+        ("RNAAtlasBuild to take the cache from", ["RNAAtlasBuild1", "RNAAtlasBuild2"])
+    ]
+    assert apply_node["cache_dir"].value() == "[file dirname [value root.name]]/rna/RNAAtlasBuild2"
+    assert apply_node["version"].value() == 4
+    assert glue.link_to_build(apply_node) is second  # build_node now names it: no question
+    assert len(nuke.fake.choices) == 1
+    apply_node["build_node"].setValue("")
+    nuke.GUI = False  # headless: no list, one line naming the way out
+    with caplog.at_level(logging.ERROR, logger="rna_nuke.glue"):
+        assert glue.link_to_build(apply_node) is None
+    assert caplog.messages == [
+        "RNAApply1: link to build: several RNAAtlasBuild nodes (RNAAtlasBuild1, RNAAtlasBuild2); "
+        "select one or type its name in 'build'"
+    ]
+    node.setSelected(True)
+    assert glue.link_to_build(apply_node) is node  # the selected one

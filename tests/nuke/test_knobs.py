@@ -397,3 +397,21 @@ def test_roi_is_rendered_at_the_reference_frame_only() -> None:
     knob_values = render_inputs.write_knob_values(plan)
     assert list(knob_values)[:2] == ["file", "file_type"]  # exr knobs exist once the type is set
     assert knob_values["channels"] == "mask"
+
+
+def test_portable_path_prefers_the_cache_root_then_the_script_folder() -> None:
+    env = {"RNA_CACHE_ROOT": "/jobs/show/caches/"}
+    script = "/jobs/show/sh010/comp/sh010_v003.nk"
+    cases = {
+        "/jobs/show/caches/sh010/a/v002": "[getenv RNA_CACHE_ROOT]/sh010/a/v002",
+        "/jobs/show/sh010/comp/rna/RNAAtlasBuild1/v001": (
+            "[file dirname [value root.name]]/rna/RNAAtlasBuild1/v001"
+        ),
+        "/jobs/show/sh010/compositing/x": "/jobs/show/sh010/compositing/x",  # a prefix, not a dir
+        "/other/place/v001": "/other/place/v001",
+    }
+    for path, stored in cases.items():
+        assert knobs.portable_path(path, script, env) == stored
+        assert knobs.expand_portable(stored, script, env) == path
+    assert knobs.portable_path("/jobs/show/caches/x", script, {}) == "/jobs/show/caches/x"
+    assert knobs.portable_path("/a/b/rna/x", "", {}) == "/a/b/rna/x"  # unsaved script

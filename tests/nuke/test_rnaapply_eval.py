@@ -317,7 +317,7 @@ def test_gizmo_wiring_is_the_documented_graph(gizmo: nkparse.Node) -> None:
     for read in ("ReadPasses", "ReadAtlas"):
         node = gizmo.find(read)
         assert node.knob("file", "").startswith(
-            "[value parent.cache_dir]/v[format %03d [value parent.version]]/"
+            "[subst [value parent.cache_dir]]/v[format %03d [value parent.version]]/"
         )
         assert node.knob("on_error") == "error"
 
@@ -338,7 +338,7 @@ def test_no_python_at_render_time(gizmo: nkparse.Node) -> None:
         for key, word in node.knobs.items():  # no [python ...] Tcl inside any knob
             assert not re.search(r"\[\s*python\b", word.text), f"{node.name}.{key}"
     buttons = [k for k in gizmo.user_knobs if k.type_id == 22]
-    assert {k.name for k in buttons} == {"check_atlas", "reload_cache"}
+    assert {k.name for k in buttons} == {"check_atlas", "reload_cache", "link_build"}  # GUI only
     assert (
         "rna_nuke.glue.check_atlas(nuke.thisNode())"
         in gizmo.user_knob("check_atlas").options["T"].text
