@@ -770,7 +770,7 @@ def spec_schema() -> dict[str, Any]:
     for key, text in (
         ("build_hash", "Content hash of the build (settings and input files)."),
         ("engine_version", "Engine version that wrote the build."),
-        ("cache_format_version", "Version of the cache layout (DESIGN.md §4)."),
+        ("cache_format_version", "Version of the cache layout (docs/cache.md)."),
         ("torch", "PyTorch version of the build."),
     ):
         kind = "integer" if key == "cache_format_version" else "string"
