@@ -27,6 +27,7 @@ from .cache import (
     BuildPaths,
     StatusFile,
     choose_version,
+    ensure_writable,
     write_json_atomic,
 )
 from .colour import WorkingSpace, working_space
@@ -258,6 +259,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
     """Run (or resume) a whole build; returns the version folder it wrote."""
     started = time.time()
     paths, digest = prepare(spec)
+    ensure_writable(paths.root)
     status = StatusFile(paths, digest)
     if status.data.get("state") == "done" and paths.atlas_exr.exists():
         log.info("%s: already built (hash %s)", paths.root, digest)
@@ -292,9 +294,14 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
             },
         )
         result = _stages(spec, run, paths, digest, tracker, memory)
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt) as err:  # KeyboardInterrupt: SIGINT, or SIGTERM (CLI)
+        reason = str(err) if isinstance(err, KeyboardInterrupt) else ""
         status.set(
-            state="cancelled", message="cancelled", finished=time.time(), timings=tracker.timings_s
+            state="cancelled",
+            message=f"cancelled ({reason})" if reason else "cancelled",
+            eta_s=None,
+            finished=time.time(),
+            timings=tracker.timings_s,
         )
         raise
     except InputError as err:
@@ -302,6 +309,7 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
             state="failed",
             error={"code": "input", "message": str(err)},
             message=str(err),
+            eta_s=None,
             finished=time.time(),
         )
         raise
@@ -310,9 +318,12 @@ def run_build(spec: BuildSpec, ctx: RunContext, sinks: list[Sink] | None = None)
             state="failed",
             error={"code": "internal", "message": str(err)},
             message=str(err),
+            eta_s=None,
             finished=time.time(),
         )
         raise
+    finally:
+        status.close()  # whatever ended the build, its heartbeat stops with it
     tracker.finish_stage()
     status.set(
         state="done",

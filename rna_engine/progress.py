@@ -73,9 +73,10 @@ still grow to a few seconds)."""
 ETA_OVERDUE = 0.25
 """A stage past its expected time that reports no fraction yet is taken to need this share of
 its elapsed time again."""
-CPU_FIT_SAMPLES_PER_S = 2.5e5
-"""Fit samples (steps × batch) per second on a CPU, for the slow-preset warning; measured on 2
-cores with the `standard` field (an estimate, not a promise)."""
+CPU_FIT_SAMPLES_PER_S = 2.3e4
+"""Fit samples (steps x batch) per second on a CPU, for the slow-preset warning: the `standard`
+pretraining ran 0.71 steps/s x 32768 samples on 2 shared cores (the joint fit is slower still),
+so estimates from it are a lower bound."""
 
 
 def cpu_build_estimate_s(fit_steps: int, batch_size: int) -> float:
