@@ -449,7 +449,9 @@ class Fitter:
             return ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean(), {}
 
         def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
-            self._report("fit", step, total, 0.05 * step / total, "pretrain", loss=loss)
+            self._report(
+                "fit", step, total, fraction=0.05 * step / total, phase="pretrain", loss=loss
+            )
 
         t0 = time.perf_counter()
         self._steps("pretrain", start, total, opt, base, loss_fn, on_log)
@@ -555,7 +557,7 @@ class Fitter:
             record = {"stage": 1.0, "step": float(step), "loss": loss}
             record.update({k: float(val.detach()) for k, val in terms.items()})
             self.history.append(record)
-            self._report("fit", step, total, 0.05 + 0.95 * step / total, loss=loss)
+            self._report("fit", step, total, fraction=0.05 + 0.95 * step / total, loss=loss)
 
         hook(start)
         t0 = time.perf_counter()
