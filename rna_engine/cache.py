@@ -5,15 +5,24 @@
   build.json  status.json  atlas/atlas.exr  passes/rna.####.exr  qc/  work/
 ```
 A reader never sees a half-written file: files are written to a temporary name in the same
-folder and published with `os.replace`. A finished version is never overwritten.
+folder and published with `os.replace`, with the permissions `open()` gives under the umask (caches
+live on shared disks). A finished version is never overwritten.
+
+While a build runs its `status.json` carries the writer's `pid`, `host` and a `heartbeat` time
+refreshed every `HEARTBEAT_INTERVAL_S`; `status_lost` is THE rule that tells a dead build from a
+running one (`rna_nuke.knobs.status_lost` applies the same rule on the Nuke side).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import tempfile
+import secrets
+import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 UV_U = "rna_uv.u"
 UV_V = "rna_uv.v"
@@ -32,6 +43,14 @@ PASS_CHANNELS = (UV_U, UV_V, MATTE, MASK, *SHADE)
 UV_CONVENTION = "stmap;origin=bottom-left;pixel-centre=+0.5"
 PASS_PATTERN = "rna.####.exr"
 STATES = ("queued", "running", "done", "failed", "cancelled")
+LIVE_STATES = ("queued", "running")
+"""States a process is still working on; the others are final."""
+HEARTBEAT_INTERVAL_S = 2.0
+"""How often a running build refreshes `heartbeat` in its `status.json`, seconds."""
+LOST_AFTER_S = 30.0
+"""A live state whose `heartbeat` is older than this is `lost` (the writer died), seconds."""
+_FILE_MODE = 0o666
+"""Mode a published file is created with; the umask clears bits from it, as with `open()`."""
 _VERSION_RE = re.compile(r"^v(\d{3,})$")
 
 
@@ -43,17 +62,51 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _create_temp(path: Path) -> Path:
+    """A new empty file beside `path` with mode `0o666 & ~umask`.
+
+    Not `tempfile.mkstemp`: its files are 0600, so a published cache would be private to its
+    writer, and reading the umask to chmod afterwards is not thread-safe (`os.umask` sets it).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and check a file can be written there; `InputError` naming it if not.
+
+    Called before a build writes anything, so a bad `--out` is one line (exit 2), not a
+    traceback from the first status write.
+    """
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{folder}: cannot create the cache there, {parent} is a file")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = _create_temp(folder / "write-test")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise InputError(f"{folder}: cannot write the cache there ({reason})") from err
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -163,6 +216,47 @@ def choose_version(cache_root: Path, name: str, version: int, build_hash: str) -
     return BuildPaths(build_dir / f"v{number:03d}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a zombie counts as alive until reaped)."""
+    if sys.platform == "win32":
+        return True  # os.kill(pid, 0) would send CTRL_C_EVENT; the heartbeat decides there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return False
+    return True
+
+
+def status_lost(
+    status: dict[str, Any],
+    now: float | None = None,
+    lost_after_s: float = LOST_AFTER_S,
+    host: str | None = None,
+) -> str | None:
+    """Why a `status.json` in a live state belongs to a build that is no longer running, or None.
+
+    Lost when its writer's `pid` is gone on this host, or its `heartbeat` (epoch s) is more than
+    `lost_after_s` old (any host). A final state is never lost; a status without `pid` and
+    `heartbeat` (an older engine) cannot be judged and is taken as it says.
+    `rna_nuke.knobs.status_lost` is the same rule; a test holds them together.
+    """
+    if status.get("state") not in LIVE_STATES:
+        return None
+    now = time.time() if now is None else now
+    pid, where = status.get("pid"), status.get("host")
+    if isinstance(pid, int) and where and where == (host or socket.gethostname()):
+        if not pid_alive(pid):
+            return f"process {pid} on {where} is gone"
+    beat = status.get("heartbeat")
+    if isinstance(beat, int | float) and now - beat > lost_after_s:
+        return f"no heartbeat for {now - beat:.0f} s (process {pid} on {where})"
+    return None
+
+
 def new_status(build_hash: str, state: str = "queued") -> dict[str, Any]:
     """A fresh `status.json` body (docs/cache.md)."""
     return {
@@ -183,25 +277,73 @@ def new_status(build_hash: str, state: str = "queued") -> dict[str, Any]:
 class StatusFile:
     """Keeps `status.json` current; writes are atomic and throttled.
 
-    Usable as a progress sink: `status(event)`.
+    Usable as a progress sink: `status(event)`. While the state is live a daemon thread refreshes
+    `heartbeat` every `heartbeat_interval_s`, also through long stages that report nothing; a
+    final state (or `close`) stops it.
     """
 
-    def __init__(self, paths: BuildPaths, build_hash: str, min_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        paths: BuildPaths,
+        build_hash: str,
+        min_interval_s: float = 0.5,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    ) -> None:
         self.paths = paths
         self.data = read_status(paths) or new_status(build_hash)
         self.data["build_hash"] = build_hash
         self._min_interval_s = min_interval_s
+        self._heartbeat_interval_s = heartbeat_interval_s
         self._last = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def set(self, force: bool = True, **fields: Any) -> None:
         if fields.get("state") is not None and fields["state"] not in STATES:
             raise ValueError(f"unknown state {fields['state']!r}")
-        self.data.update(fields)
-        self.data["updated"] = time.time()
-        now = time.monotonic()
-        if force or now - self._last >= self._min_interval_s:
-            write_json_atomic(self.paths.status_json, self.data)
-            self._last = now
+        with self._lock:
+            self.data.update(fields)
+            now_s = time.time()
+            self.data["updated"] = now_s
+            live = self.data.get("state") in LIVE_STATES
+            if live:
+                self.data.update(pid=os.getpid(), host=socket.gethostname(), heartbeat=now_s)
+                self.data["heartbeat_interval_s"] = self._heartbeat_interval_s
+            now = time.monotonic()
+            if force or now - self._last >= self._min_interval_s:
+                write_json_atomic(self.paths.status_json, self.data)
+                self._last = now
+        if live:
+            self._start_heartbeat()
+        else:
+            self._stop.set()
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (the state on disk is left as it is)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    def _start_heartbeat(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat {self.paths.root.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._heartbeat_interval_s):
+            with self._lock:
+                if self._stop.is_set() or self.data.get("state") not in LIVE_STATES:
+                    return
+                self.data["heartbeat"] = time.time()
+                try:
+                    write_json_atomic(self.paths.status_json, self.data)
+                except OSError as err:  # a full or vanished disk: the next beat tries again
+                    log.warning("%s: heartbeat not written (%s)", self.paths.status_json, err)
 
     def __call__(self, event: Any) -> None:
         self.set(

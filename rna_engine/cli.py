@@ -3,7 +3,8 @@
 Each subcommand is a small module in `rna_engine.commands` with `NAME`, `HELP`,
 `populate(parser)` and `run(args) -> int`; modules are imported only when their command runs,
 so `rna-engine info` never imports torch. Only `main` picks exit codes: 0 ok, 2 bad input
-(one line naming the file/frame/setting), 1 internal error (traceback to the log), 130 cancelled.
+(one line naming the file/frame/setting; a `PermissionError` anywhere counts as one), 1 internal
+error (traceback to the log), 130 cancelled (also SIGINT/SIGTERM during a build).
 """
 
 from __future__ import annotations
@@ -100,11 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         log.error("%s", err)
         return EXIT_INPUT
+    except PermissionError as err:  # a plate folder, file or cache the user may not use
+        where = err.filename or ""
+        log.error("%s: permission denied (%s)", where, err.strerror or err)
+        return EXIT_INPUT
     except Cancelled:
         log.error("cancelled")
         return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        log.error("interrupted")
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGINT/SIGTERM during a build
+        log.error("cancelled (%s)", err or "SIGINT")
         return EXIT_CANCELLED
     except Exception as exc:  # the one place that catches everything
         path = _write_crash_log(exc)

@@ -334,9 +334,21 @@ class Fitter:
             )
         return v
 
-    def _report(self, stage: str, step: int, total: int, **metrics: float) -> None:
+    def _report(
+        self,
+        stage: str,
+        step: int,
+        total: int,
+        fraction: float | None = None,
+        phase: str = "",
+        **metrics: float,
+    ) -> None:
+        """Report `step` of `total`; `fraction` of `stage` (default step/total) when a stage
+        spans phases (pretrain then joint fit), whose name then leads the message."""
         self.ctx.cancel.check()
-        self.ctx.reporter.update(stage, step / max(total, 1), f"step {step}/{total}", **metrics)
+        done = step / max(total, 1) if fraction is None else fraction
+        text = f"{phase} step {step}/{total}" if phase else f"step {step}/{total}"
+        self.ctx.reporter.update(stage, done, text, **metrics)
 
     def _steps(
         self,
@@ -438,7 +450,9 @@ class Fitter:
             return ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean(), {}
 
         def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
-            self._report("fit", 0.05 * step / total, 1, loss=loss)
+            self._report(
+                "fit", step, total, fraction=0.05 * step / total, phase="pretrain", loss=loss
+            )
 
         t0 = time.perf_counter()
         self._steps("pretrain", start, total, opt, base, loss_fn, on_log)
@@ -544,7 +558,7 @@ class Fitter:
             record = {"stage": 1.0, "step": float(step), "loss": loss}
             record.update({k: float(val.detach()) for k, val in terms.items()})
             self.history.append(record)
-            self._report("fit", 0.05 + 0.95 * step / total, 1, loss=loss)
+            self._report("fit", step, total, fraction=0.05 + 0.95 * step / total, loss=loss)
 
         hook(start)
         t0 = time.perf_counter()

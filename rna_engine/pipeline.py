@@ -27,6 +27,7 @@ from .cache import (
     BuildPaths,
     StatusFile,
     choose_version,
+    ensure_writable,
     write_json_atomic,
 )
 from .colour import WorkingSpace, plate_to_linear, working_space
@@ -271,6 +272,7 @@ def run_build(
     started = time.time()
     plan = plan or prepare(spec)
     spec, paths, digest = plan.inputs.spec, plan.paths, plan.digest  # paths now absolute
+    ensure_writable(paths.root)
     status = StatusFile(paths, digest)
     if status.data.get("state") == "done" and paths.atlas_exr.exists():
         log.info("%s: already built (hash %s)", paths.root, digest)
@@ -305,9 +307,14 @@ def run_build(
             },
         )
         result = _stages(plan.inputs, run, paths, digest, tracker, memory)
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt) as err:  # KeyboardInterrupt: SIGINT, or SIGTERM (CLI)
+        reason = str(err) if isinstance(err, KeyboardInterrupt) else ""
         status.set(
-            state="cancelled", message="cancelled", finished=time.time(), timings=tracker.timings_s
+            state="cancelled",
+            message=f"cancelled ({reason})" if reason else "cancelled",
+            eta_s=None,
+            finished=time.time(),
+            timings=tracker.timings_s,
         )
         raise
     except InputError as err:
@@ -315,6 +322,7 @@ def run_build(
             state="failed",
             error={"code": err.code, "message": str(err)},
             message=str(err),
+            eta_s=None,
             finished=time.time(),
         )
         raise
@@ -323,9 +331,12 @@ def run_build(
             state="failed",
             error={"code": "internal", "message": str(err)},
             message=str(err),
+            eta_s=None,
             finished=time.time(),
         )
         raise
+    finally:
+        status.close()  # whatever ended the build, its heartbeat stops with it
     tracker.finish_stage()
     status.set(
         state="done",

@@ -5,10 +5,15 @@ stage. A `ProgressTracker` turns that into an `Event` with the overall progress 
 and an ETA, and hands it to every sink: a bar on a terminal, `openjd_progress:` lines on a farm,
 socket events, `status.json`. `progress` is 0..1 everywhere; only the farm printer multiplies by
 100 (the `openjd_progress:` line is a percentage).
+
+The ETA comes from measured per-stage rates, with the stage weights as priors for the stages not
+yet run, smoothed over time, and it never rises by more than `ETA_MAX_RISE` between two events
+unless the running stage is measured slower than expected.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -52,13 +57,47 @@ class NullReporter:
         return None
 
 
+ETA_MIN_FRACTION = 0.02
+"""A stage's own rate is trusted once this fraction of it is done."""
+ETA_MIN_MEASURED = 0.05
+"""No ETA until this share of the whole job's weight has been measured (a first, fast stage
+such as ingest says little about the fit)."""
+ETA_SMOOTHING_S = 3.0
+"""Time constant of the ETA's exponential smoothing, seconds."""
+ETA_MAX_RISE = 1.2
+"""Largest factor the ETA may rise by between two events, unless a stage runs slower than
+expected."""
+ETA_RISE_FLOOR_S = 5.0
+"""Below this many seconds the rise limit applies to this value instead (a near-zero ETA may
+still grow to a few seconds)."""
+ETA_OVERDUE = 0.25
+"""A stage past its expected time that reports no fraction yet is taken to need this share of
+its elapsed time again."""
+CPU_FIT_SAMPLES_PER_S = 2.3e4
+"""Fit samples (steps x batch) per second on a CPU, for the slow-preset warning: the `standard`
+pretraining ran 0.71 steps/s x 32768 samples on 2 shared cores (the joint fit is slower still),
+so estimates from it are a lower bound."""
+
+
+def cpu_build_estimate_s(fit_steps: int, batch_size: int) -> float:
+    """Rough CPU seconds of the fit of `fit_steps` steps of `batch_size` samples."""
+    return fit_steps * batch_size / CPU_FIT_SAMPLES_PER_S
+
+
 class ProgressTracker:
     """Maps per-stage fractions to overall progress and an ETA, and feeds sinks.
+
+    The ETA: seconds per unit of stage weight are measured on the finished stages and the
+    running one (once `ETA_MIN_FRACTION` of it is done); the running stage's remaining time comes
+    from its own rate, the later stages' from their weights times that measure. The estimate is
+    smoothed (`ETA_SMOOTHING_S`) and may rise by at most `ETA_MAX_RISE` per event unless the
+    running stage is measured slower than the finished ones predicted.
 
     Args:
         stage_weights: stage name → relative cost; unknown stages get weight 0.
         sinks: callables receiving each `Event`.
         min_interval_s: sinks get at most one event per interval, except stage changes and 100 %.
+        clock: monotonic seconds (tests pass a fake one).
     """
 
     def __init__(
@@ -81,6 +120,8 @@ class ProgressTracker:
         self.last_event: Event | None = None
         self.timings_s: dict[str, float] = {}
         self._stage_start = self._start
+        self._eta_s: float | None = None
+        self._eta_at = self._start
 
     def add_sink(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -108,13 +149,61 @@ class ProgressTracker:
                 return
             self._last_emit = now
             progress = self.overall(stage, fraction)
-            elapsed = now - self._start
-            eta = elapsed * (1.0 - progress) / progress if progress > 0.02 else None
+            eta = self._smoothed_eta(stage, fraction, progress, now)
             event = Event(stage, fraction, progress, eta, message, dict(metrics))
             self.last_event = event
             sinks = list(self._sinks)
         for sink in sinks:
             sink(event)
+
+    def _raw_eta(self, stage: str, fraction: float, now: float) -> tuple[float | None, bool]:
+        """(seconds left from measured rates, whether `stage` runs slower than predicted)."""
+        done = [s for s in self.timings_s if s in self._weights and s != stage]
+        done_w = sum(self._weights[s] for s in done)
+        done_t = sum(self.timings_s[s] for s in done)
+        cur_w = self._weights.get(stage, 0.0)
+        cur_t = now - self._stage_start
+        prior = done_t / done_w if done_w > 0 and done_t > 0 else None  # s per unit weight
+        cur_total = cur_t / fraction if fraction >= ETA_MIN_FRACTION and cur_t > 0 else None
+        if cur_total is not None and cur_w > 0:
+            per_weight = (done_t + cur_total) / (done_w + cur_w)
+        else:
+            per_weight = prior
+        measured_w = done_w + (cur_w * fraction if cur_total is not None else 0.0)
+        if per_weight is None or measured_w < ETA_MIN_MEASURED:
+            return None, False
+        if cur_total is not None:
+            cur_left = cur_total - cur_t
+        else:
+            cur_left = max(cur_w * per_weight - cur_t, ETA_OVERDUE * cur_t)
+        later = self._order[self._order.index(stage) + 1 :] if stage in self._order else []
+        later_left = per_weight * sum(self._weights[s] for s in later)
+        slower = (
+            cur_total is not None and prior is not None and cur_total > cur_w * prior * ETA_MAX_RISE
+        )
+        return max(0.0, cur_left + later_left), slower
+
+    def _smoothed_eta(
+        self, stage: str, fraction: float, progress: float, now: float
+    ) -> float | None:
+        """The ETA of an event: smoothed, its rises bounded (see the class docstring)."""
+        if progress >= 1.0:
+            self._eta_s, self._eta_at = 0.0, now
+            return 0.0
+        raw, slower = self._raw_eta(stage, fraction, now)
+        previous = self._eta_s
+        if raw is None:
+            return previous if previous is None else max(0.0, previous - (now - self._eta_at))
+        if previous is None:
+            eta = raw
+        else:
+            dt = max(0.0, now - self._eta_at)
+            expected = max(0.0, previous - dt)  # the last estimate, counted down
+            eta = expected + (1.0 - math.exp(-dt / ETA_SMOOTHING_S)) * (raw - expected)
+            if not slower:  # at most ETA_MAX_RISE above what was last shown
+                eta = min(eta, max(previous, ETA_RISE_FLOOR_S) * ETA_MAX_RISE)
+        self._eta_s, self._eta_at = eta, now
+        return eta
 
     def finish_stage(self) -> None:
         """Record the running stage's time (call once at the end of a job)."""

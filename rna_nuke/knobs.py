@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -452,6 +453,50 @@ def read_json_file(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+LOST_AFTER_S = 30.0
+"""A running/queued `status.json` whose `heartbeat` is older than this is lost, seconds (the
+engine's `rna_engine.cache.LOST_AFTER_S`)."""
+
+
+def status_lost(
+    status: Mapping[str, Any],
+    now: float | None = None,
+    lost_after_s: float = LOST_AFTER_S,
+    host: str | None = None,
+) -> str | None:
+    """Why a running/queued `status.json` belongs to a build that died, or None.
+
+    The engine's rule (`rna_engine.cache.status_lost`, written again here: rna_nuke does not
+    import the engine): the writer's `pid` is gone on this host, or its `heartbeat` is more
+    than `lost_after_s` old. Final states and statuses without pid/heartbeat are never lost.
+    """
+    if status.get("state") not in ("queued", "running"):
+        return None
+    now = time.time() if now is None else now
+    pid, where = status.get("pid"), status.get("host")
+    if isinstance(pid, int) and where and where == (host or socket.gethostname()):
+        if not _pid_alive(pid):
+            return f"process {pid} on {where} is gone"
+    beat = status.get("heartbeat")
+    if isinstance(beat, (int, float)) and now - beat > lost_after_s:
+        return f"no heartbeat for {now - beat:.0f} s (process {pid} on {where})"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would send CTRL_C_EVENT; the heartbeat decides there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def version_for_build(cache_dir: str, version: int) -> int:
     """The version a new Build writes: `version`, unless that one is finished (then the next free).
 
@@ -692,6 +737,8 @@ def status_line(event: Mapping[str, Any], device: str = "") -> str:
         return "failed: " + (error_text(event.get("error")) or message or "unknown error")
     if state == "cancelled":
         return f"cancelled at {stage} {pct}%" if stage else "cancelled"
+    if state == "lost":
+        return f"lost at {stage} {pct}%: {message}" if stage else f"lost: {message}"
     if state == "done":
         parts = ["done", "100%"]
     elif state == "queued":
@@ -716,6 +763,9 @@ def cache_info(version_dir: str) -> dict[str, Any]:
     first/last (built frames or None), engine_version, build_hash, build_time.
     """
     status = read_json_file(f"{version_dir}/status.json")
+    lost = status_lost(status) if status else None
+    if status and lost:  # a dead build must not show as running
+        status = {**status, "state": "lost", "message": f"the build stopped: {lost}"}
     build = read_json_file(f"{version_dir}/build.json") or {}
     atlas = os.path.isfile(f"{version_dir}/atlas/atlas.exr")
     state = str((status or {}).get("state") or ("done" if atlas else "not built"))

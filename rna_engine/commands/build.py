@@ -1,7 +1,8 @@
 """`rna-engine build`: a full build into the cache (docs/cache.md).
 
 With `--farm` progress is printed as Open Job Description messages (`openjd_progress:`,
-`openjd_status:`) and a failure ends with `openjd_fail: <reason>`.
+`openjd_status:`) and a failure ends with `openjd_fail: <reason>`. SIGINT (Ctrl-C) and SIGTERM
+(what farms send) cancel the build: `status.json` ends `cancelled` and the exit code is 130.
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 NAME = "build"
@@ -102,6 +108,54 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return absolute_paths(spec, Path.cwd())
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the build; the message is the signal's name (`SIGTERM`)."""
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextmanager
+def _signals_cancel() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread while the build runs.
+
+    An exception rather than a cancel flag: a stage that is between checks (a long flow solve,
+    an EXR write) is interrupted at once, and `run_build` records `cancelled` on its way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only delivered to the main thread
+        return
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _warn_gpu_preset_on_cpu(spec: Any) -> None:
+    """One warning when a GPU preset runs on the CPU (it takes many minutes there)."""
+    from rna_engine.context import resolve_device
+    from rna_engine.progress import cpu_build_estimate_s, format_eta
+
+    settings = spec.settings
+    if settings.preset == "draft" or resolve_device(spec.device) != "cpu":
+        return
+    steps = settings.fit.pretrain_steps + settings.fit.iterations + settings.refine.iterations
+    estimate_s = cpu_build_estimate_s(steps, settings.fit.batch_size)
+    took = f"{estimate_s / 3600:.1f} h" if estimate_s >= 3600 else format_eta(estimate_s)
+    log.warning(
+        "preset %s on the CPU will take long: at least %s of fitting for a 70-frame shot "
+        "(%d steps of %d samples); use --preset draft, or a GPU (--device cuda:0)",
+        settings.preset,
+        took,
+        steps,
+        settings.fit.batch_size,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from rna_engine.context import RunContext
     from rna_engine.errors import Cancelled, InputError
@@ -110,12 +164,18 @@ def run(args: argparse.Namespace) -> int:
 
     farm = FarmPrinter() if args.farm else None
     try:
-        spec = spec_from_args(args)
-        sinks = [farm] if farm else [TerminalBar()]
-        paths = run_build(spec, RunContext(seed=spec.settings.seed), sinks=sinks)
+        with _signals_cancel():
+            spec = spec_from_args(args)
+            _warn_gpu_preset_on_cpu(spec)
+            sinks = [farm] if farm else [TerminalBar()]
+            paths = run_build(spec, RunContext(seed=spec.settings.seed), sinks=sinks)
     except (InputError, Cancelled) as err:
         if farm:
             farm.fail(str(err) or "cancelled")
+        raise
+    except KeyboardInterrupt as err:
+        if farm:
+            farm.fail(f"cancelled ({err or 'SIGINT'})")
         raise
     except Exception as err:
         if farm:

@@ -145,7 +145,8 @@ def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> N
 
     def report(stage: str, step: int, total: int, **metrics: float) -> None:
         calls["n"] += 1
-        if stage == "fit" and step > 0.6:  # well into the joint stage, past a checkpoint
+        # well into the joint stage, past a checkpoint (`step` counts steps, `fraction` is 0..1)
+        if stage == "fit" and metrics.get("fraction", 0.0) > 0.6:
             cancel.cancel()
         original(stage, step, total, **metrics)
 
