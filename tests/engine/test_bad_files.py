@@ -20,7 +20,8 @@ from rna_engine import io
 from rna_engine.cli import main
 from rna_engine.context import RunContext
 from rna_engine.errors import InputError
-from rna_engine.pipeline import ingest, validate_inputs
+from rna_engine.inputs import resolve_inputs
+from rna_engine.pipeline import ingest, prepare, validate_inputs
 from rna_engine.settings import spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,9 +223,10 @@ def _plate(folder: Path, frames: range, culprit: int, kind: str = "exr") -> dict
 @pytest.mark.parametrize("workers", [1, 3])
 def test_ingest_names_a_truncated_middle_frame(tmp_path: Path, kind: str, workers: int) -> None:
     spec = spec_from_dict(_plate(tmp_path, range(1001, 1007), culprit=1004, kind=kind))
-    validate_inputs(spec)  # cheap checks read the first frame only
+    inputs = resolve_inputs(spec)
+    validate_inputs(inputs, spec.settings.ingest)  # cheap checks read the first frame only
     with pytest.raises(InputError) as err:
-        ingest(spec, RunContext(io_workers=workers))
+        ingest(inputs, spec.settings.ingest, RunContext(io_workers=workers))
     culprit = tmp_path / "plate" / f"plate.1004.{kind}"
     assert str(err.value).startswith(f"{culprit}: truncated")
     assert "\n" not in str(err.value)
@@ -233,5 +235,5 @@ def test_ingest_names_a_truncated_middle_frame(tmp_path: Path, kind: str, worker
 def test_validate_inputs_names_a_truncated_first_frame(tmp_path: Path) -> None:
     spec = spec_from_dict(_plate(tmp_path, range(1001, 1004), culprit=1001))
     with pytest.raises(InputError) as err:
-        validate_inputs(spec)
+        prepare(spec)  # resolving and validating the inputs, before any folder is made
     assert str(err.value).startswith(f"{tmp_path / 'plate' / 'plate.1001.exr'}: truncated")
