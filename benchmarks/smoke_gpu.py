@@ -108,7 +108,8 @@ def step_service(work: Path, spec: dict[str, Any], device: str) -> dict[str, Any
 
     os.environ["RNA_HOME"] = str(work / "rna_home")
     os.environ["RNA_ENGINE_PYTHON"] = sys.executable
-    os.environ["RNA_ENGINE_PYTHONPATH"] = str(REPO)
+    # the engine's process sees this repository and whatever this one sees (carried wheels)
+    os.environ["RNA_ENGINE_PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), *sys.path[1:]]))
     started = time.perf_counter()
     client = ensure_engine(timeout_s=120.0)
     hello_s = time.perf_counter() - started
@@ -134,7 +135,7 @@ def step_service(work: Path, spec: dict[str, Any], device: str) -> dict[str, Any
     }
 
 
-def step_openjd(work: Path, spec: dict[str, Any], device: str) -> dict[str, Any]:
+def step_openjd(work: Path, spec: dict[str, Any], device: str, frames: str) -> dict[str, Any]:
     spec_path = work / "farm_spec.json"
     spec_path.write_text(json.dumps({**spec, "name": "farm", "device": device}, indent=2))
     bundle = work / "bundle"
@@ -153,6 +154,8 @@ def step_openjd(work: Path, spec: dict[str, Any], device: str) -> dict[str, Any]
             str(bundle),
             "--engine",
             engine,
+            "--frames",
+            frames,
         ),
         work / "farm_bundle.log",
     )
@@ -220,6 +223,7 @@ def main() -> int:
         print((work / "synth.log").read_text())
         return 1
     shot = _read(work / "shot" / "shot.json")
+    frames = str(shot["frames"])  # "first-last"
     spec = {
         "plate": str(work / "shot" / "plate" / "plate.####.exr"),
         "roi": str(work / "shot" / "roi.exr"),
@@ -233,7 +237,7 @@ def main() -> int:
         # `auto` must pick the GPU wherever one is
         "auto": lambda: step_cli(work, spec, "auto", "cli_auto", args.set, "cuda"),
         "service": lambda: step_service(work, spec, args.device),
-        "openjd": lambda: step_openjd(work, spec, args.device),
+        "openjd": lambda: step_openjd(work, spec, args.device, frames),
         "demo": lambda: step_demo(work),
     }
     ok = True

@@ -1,4 +1,4 @@
-"""The plate's colourspace and OCIO config as Nuke sees them, for the build spec (DESIGN.md §7).
+"""The plate's colourspace and OCIO config as Nuke sees them, for the build spec (docs/cache.md, colour).
 
 Pure functions over knob values (no `nuke`): `glue` reads the plate Read's `colorspace` and
 `raw` knobs and the root's colour management knobs and passes them here. The result goes into

@@ -159,16 +159,18 @@ def _warn_gpu_preset_on_cpu(spec: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rna_engine.context import RunContext
     from rna_engine.errors import Cancelled, InputError
-    from rna_engine.pipeline import run_build
+    from rna_engine.pipeline import prepare, run_build
     from rna_engine.progress import FarmPrinter, TerminalBar
 
     farm = FarmPrinter() if args.farm else None
     try:
         with _signals_cancel():
             spec = spec_from_args(args)
-            _warn_gpu_preset_on_cpu(spec)
+            plan = prepare(spec)  # bad input is one line, before the warning below
+            _warn_gpu_preset_on_cpu(plan.inputs.spec)
             sinks = [farm] if farm else [TerminalBar()]
-            paths = run_build(spec, RunContext(seed=spec.settings.seed), sinks=sinks)
+            ctx = RunContext(seed=spec.settings.seed)
+            paths = run_build(spec, ctx, sinks=sinks, plan=plan)
     except (InputError, Cancelled) as err:
         if farm:
             farm.fail(str(err) or "cancelled")

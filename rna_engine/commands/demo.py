@@ -142,13 +142,16 @@ def keep_one_version(spec: Any) -> None:
     """Make `v001` free for this build: remove it when it holds a build of another hash (the
     demo's own folder; `cache.choose_version` never overwrites a finished version itself)."""
     from rna_engine.cache import BuildPaths, read_status
+    from rna_engine.inputs import resolve_inputs
     from rna_engine.pipeline import build_hash
 
-    paths = BuildPaths(spec.resolve(spec.out) / spec.name / f"v{spec.version:03d}")
+    inputs = resolve_inputs(spec)
+    spec = inputs.spec  # paths absolute
+    paths = BuildPaths(Path(spec.out) / spec.name / f"v{spec.version:03d}")
     if not paths.root.exists():
         return
     status = read_status(paths) or {}
-    if status.get("build_hash") != build_hash(spec):
+    if status.get("build_hash") != build_hash(inputs):
         log.info("%s: replacing a demo build of other settings", paths.root)
         shutil.rmtree(paths.root)
 

@@ -108,6 +108,7 @@ def test_unknown_plate_colourspace_names_the_setting(tiny_config: str) -> None:
 def test_ingest_decodes_the_plate_from_its_colourspace(tmp_path: Path, tiny_config: str) -> None:
     from rna_engine import io
     from rna_engine.context import RunContext
+    from rna_engine.inputs import resolve_inputs
     from rna_engine.pipeline import ingest
     from rna_engine.settings import spec_from_dict
 
@@ -138,7 +139,7 @@ def test_ingest_decodes_the_plate_from_its_colourspace(tmp_path: Path, tiny_conf
                 },
             }
         )
-        got = ingest(spec, RunContext())
+        got = ingest(resolve_inputs(spec), spec.settings.ingest, RunContext())
         size = (got.working_width, got.working_height)
         return got.working[0], io.resize_area(linear, *size)
 

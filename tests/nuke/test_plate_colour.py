@@ -1,4 +1,4 @@
-"""`rna_nuke.colour` and the plate colour `glue` puts into the build spec (DESIGN.md §7)."""
+"""`rna_nuke.colour` and the plate colour `glue` puts into the build spec (docs/cache.md, colour)."""
 
 from __future__ import annotations
 
