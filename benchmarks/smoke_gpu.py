@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,6 +140,10 @@ def step_openjd(work: Path, spec: dict[str, Any], device: str, frames: str) -> d
     spec_path = work / "farm_spec.json"
     spec_path.write_text(json.dumps({**spec, "name": "farm", "device": device}, indent=2))
     bundle = work / "bundle"
+    # the Render step's painted atlas: any atlas is a valid (unpainted) edit
+    atlases = sorted((work / "cache").glob("*/v*/atlas/atlas.exr"))
+    if atlases:
+        shutil.copyfile(atlases[0], work / "paint.exr")
     engine = f"{sys.executable} -m rna_engine"
     rc, _ = _run(
         _engine(

@@ -9,9 +9,10 @@ CLI, `openjd_fail:` on the farm, an error in Nuke):
   reconstruction is trivially good;
 - after the bake: the soft matte is not empty on the reference frame.
 
-Soft findings are warnings (in `status.json`, `qc/report.json` and the Nuke node): a frame
-whose matte coverage of the tracked ROI, or whose tracked-ROI area, falls far below the median
-of its neighbours in time, and the worst frame of each per-frame measure.
+Soft findings are warnings (in `status.json`, `qc/report.json` and the Nuke node): frames whose
+soft matte covers under `qc.min_frame_coverage` of the tracked ROI (an occluder, or drift the
+model reads as one), a frame whose matte coverage or tracked-ROI area falls far below the
+median of its neighbours in time; and the worst frame of each per-frame measure.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from .errors import QualityError
 from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
+from .io import format_frame_range as format_frames
 from .settings import QCSettings
 
 
@@ -194,6 +196,19 @@ def findings(
         for t in flag_drops(columns[key], settings.drop_ratio, settings.neighbour_frames):
             flagged.setdefault(t, []).append(key)
     warnings = []
+    low = [
+        t
+        for t, v in enumerate(columns["matte_coverage"])
+        if v is not None and v < settings.min_frame_coverage
+    ]
+    if low:
+        w = min(low, key=lambda t: columns["matte_coverage"][t])
+        warnings.append(
+            f"{len(low)} of {len(per_frame)} frames ({format_frames([frame_numbers[t] for t in low])})"
+            f": the matte covers under {settings.min_frame_coverage:.0%} of the tracked ROI "
+            f"(worst frame {frame_numbers[w]}: {columns['matte_coverage'][w]:.0%}); an occluder "
+            "or tracking drift: check the paint there"
+        )
     for t in sorted(flagged):
         f = per_frame[t]
         what = " and ".join(
@@ -208,5 +223,6 @@ def findings(
     return {
         "worst": {k: worst(columns[k], frame_numbers) for k in measures[:3]},
         "flagged_frames": [int(frame_numbers[t]) for t in sorted(flagged)],
+        "low_coverage_frames": [int(frame_numbers[t]) for t in low],
         "warnings": warnings,
     }

@@ -393,6 +393,9 @@ class QCSettings:
     frame; a converged fit measures 30-50 dB, an untrained one about 10-15."""
     min_reference_matte: float = 0.5
     """Hard gate: share of the tracked ROI with soft matte > 0.5 on the reference frame."""
+    min_frame_coverage: float = 0.5
+    """Warning: frames whose soft matte covers less than this share of the tracked ROI
+    (occluders, or tracking the model is unsure of: check the paint there)."""
     drop_ratio: float = 0.6
     """Warning: a frame whose matte coverage or tracked-ROI area falls below this × the median
     of its neighbours (0..1)."""
@@ -403,6 +406,7 @@ class QCSettings:
         for name in ("min_reference_tracked", "min_reference_visible", "min_reference_matte"):
             _require(0 <= getattr(self, name) <= 1, f"qc.{name}", "must be in [0,1]")
         _require(0 <= self.drop_ratio <= 1, "qc.drop_ratio", "must be in [0,1]")
+        _require(0 <= self.min_frame_coverage <= 1, "qc.min_frame_coverage", "must be in [0,1]")
         _require(self.neighbour_frames >= 1, "qc.neighbour_frames", "must be >= 1")
 
 
