@@ -155,6 +155,8 @@ class ShotParams:
     """ROI centre row as a share of the height; −1 = random near the centre."""
     roi_scale: float = 1.0
     """ROI ellipse radii relative to the default (28 % of the width, 30 % of the height)."""
+    texture_contrast: float = 0.55
+    """Log-amplitude of the surface texture; near 0 = a flat, untextured wall."""
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
@@ -440,7 +442,7 @@ class SynthShot:
         """Clean surface colour (linear) at reference-frame positions (…, 2) → (…, 3)."""
         phase = ref_xy @ self._wave_k.T + self._wave_phase  # (..., n_waves)
         signal = np.sin(phase) @ self._wave_amp / self._wave_norm  # (..., 3)
-        return np.exp(self._log_mean + 0.55 * signal).astype(np.float32)
+        return np.exp(self._log_mean + self.params.texture_contrast * signal).astype(np.float32)
 
     def _illumination(self, t: int, ref_xy: np.ndarray) -> np.ndarray:
         p = self.params
