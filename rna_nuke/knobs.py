@@ -726,7 +726,8 @@ def error_text(error: Any) -> str:
 def status_line(event: Mapping[str, Any], device: str = "") -> str:
     """The status knob's text for an engine event or `status.json`.
 
-    `running | fit 42% | ETA 1m05s | GPU cuda:0 | message`; a failure shows its error.
+    `running | fit 42% | ETA 1m05s | GPU cuda:0 | message`; a failure shows its error (a
+    failed quality gate ends `(quality)`); a done build names its QC warnings, the first in full.
     """
     state = str(event.get("state") or "")
     stage = str(event.get("stage") or "")
@@ -753,6 +754,10 @@ def status_line(event: Mapping[str, Any], device: str = "") -> str:
         parts.append(f"GPU {device}")
     if message and state != "done":
         parts.append(message)
+    warnings = event.get("warnings")
+    if state == "done" and isinstance(warnings, list) and warnings:
+        more = f" (+{len(warnings) - 1} more in qc/report.json)" if len(warnings) > 1 else ""
+        parts.append(f"QC warning: {warnings[0]}{more}")
     return " | ".join(parts)
 
 

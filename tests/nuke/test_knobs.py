@@ -242,6 +242,15 @@ def test_status_line_texts() -> None:
     assert knobs.status_line({"state": "cancelled", "stage": "fit", "progress": 0.5}) == (
         "cancelled at fit 50%"
     )
+    gate = {"state": "failed", "error": {"code": "quality", "message": "fit: atlas PSNR 12 dB"}}
+    assert knobs.status_line(gate) == "failed: fit: atlas PSNR 12 dB (quality)"
+    warned = {"state": "done", "progress": 1.0, "warnings": ["frame 1040: low", "frame 1050: low"]}
+    assert knobs.status_line(warned) == (
+        "done | 100% | QC warning: frame 1040: low (+1 more in qc/report.json)"
+    )
+    assert knobs.status_line({**warned, "warnings": ["frame 1040: low"]}) == (
+        "done | 100% | QC warning: frame 1040: low"
+    )
 
 
 def test_cache_info_reads_status_and_build(tmp_path: Path) -> None:

@@ -432,11 +432,6 @@ def test_two_stmap_implementations_agree(filt: str) -> None:
     np.testing.assert_allclose(got.rows(("rgba.red", "rgba.green", "rgba.blue")), want, atol=2e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gizmo: Merge plus adds +0.0 paint (−0.0 plate → +0.0) and 0 · inf shade is NaN; "
-    "fixed by Paint's 'a ? m·shade·r : -0' and alpha 'a ? m : 0' (see rna_engine.apply)",
-)
 def test_unpainted_gizmo_keeps_negative_zero_and_ignores_inf_shade(
     gizmo: nkparse.Node, tmp_path: Path
 ) -> None:
