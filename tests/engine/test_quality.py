@@ -195,3 +195,26 @@ def test_a_border_roi_and_a_flat_wall_build_as_well_as_an_inner_textured_roi(
         assert errors[kind] <= max(2.0 * errors["inner"], errors["inner"] + 0.3), errors
     else:  # nothing to track on a flat wall, and nothing to see drift on: it must build
         assert errors[kind] < 1.5, errors  # measured 1.0 px
+
+
+def test_a_plate_of_bare_frame_numbers_from_0_builds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`frames/#####.exr` over `00000.exr …` (DAVIS, camera dumps), relative to the cwd."""
+    shot = make_shot("tiny", seed=0, first_frame=0)
+    manifest = write_shot(shot, tmp_path / "shot", truth=False, srgb=False)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for number in shot.frame_numbers:
+        src = tmp_path / "shot" / io.frame_path(manifest["plate"], number)
+        src.rename(frames / f"{number:05d}.exr")
+    monkeypatch.chdir(tmp_path)
+    argv = ["build", "--plate", "frames/#####.exr", "--roi", "shot/roi.exr"]
+    argv += ["--ref", str(manifest["reference_frame"]), "--preset", "draft", "--device", "cpu"]
+    argv += ["--out", "cache", "--name", "q", *[f"--set={s}" for s in CONVERGED]]
+    assert main(argv) == 0
+    paths = _version(tmp_path)
+    assert json.loads(paths.status_json.read_text())["state"] == "done"
+    assert sorted(int(p.name.split(".")[1]) for p in paths.passes_dir.glob("rna.*.exr")) == (
+        shot.frame_numbers
+    )
