@@ -44,10 +44,12 @@ def populate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting, e.g. fit.iterations=5000 (JSON value)",
+        help="override settings, e.g. --set fit.iterations=5000 refine.iterations=500 (JSON "
+        "values; repeatable)",
     )
     parser.add_argument(
         "--farm", action="store_true", help="print openjd_progress/openjd_status/openjd_fail lines"

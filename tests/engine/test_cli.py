@@ -133,3 +133,17 @@ def test_info_on_negative_frames_written_as_nuke_writes_them(
     assert (tmp_path / "neg.-002.png").is_file()
     assert main(["info", str(tmp_path / "neg.####.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["frames"] == "-2-1"
+
+
+def test_build_set_takes_several_settings_at_once_and_repeats() -> None:
+    from rna_engine.cli import build_parser
+    from rna_engine.commands.build import parse_overrides
+
+    args = build_parser().parse_args(
+        ["build", "--set", "fit.iterations=20", "refine.iterations=5", "--set", "seed=3"]
+    )
+    assert parse_overrides(args.set) == {
+        "fit": {"iterations": 20},
+        "refine": {"iterations": 5},
+        "seed": 3,
+    }
