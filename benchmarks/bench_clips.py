@@ -92,19 +92,13 @@ GROW_PX = 5
 
 
 def prepare(clips: Path, name: str, out: Path) -> tuple[Path, Path, list[np.ndarray]]:
-    """Plate symlinks `plate.#####.jpg` (the pattern parser does not take a bare `#####.jpg`
-    yet), the ROI matte and the object masks."""
+    """The plate as the clip stores it (`frames/#####.jpg`, read in place), the ROI matte and
+    the object masks."""
     import cv2
 
     spec = CLIPS[name]
-    frames = sorted((clips / name / "frames").glob("*.jpg"))
     masks = sorted((clips / name / "masks").glob("*.png"))
-    plate_dir = out / name / "plate"
-    plate_dir.mkdir(parents=True, exist_ok=True)
-    for f in frames:
-        link = plate_dir / f"plate.{int(f.stem):05d}.jpg"
-        if not link.is_symlink():
-            link.symlink_to(f.resolve())
+    (out / name).mkdir(parents=True, exist_ok=True)
     obj = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 127 for p in masks]
     h, w = obj[0].shape
     roi = np.zeros((h, w), np.float32)
@@ -114,7 +108,7 @@ def prepare(clips: Path, name: str, out: Path) -> tuple[Path, Path, list[np.ndar
         raise SystemExit(f"{name}: the ROI box is not background at the reference frame")
     roi_path = out / name / "roi.exr"
     io.write_exr(roi_path, {"A": roi}, attributes={"rna/frame": spec["ref"]})
-    return plate_dir / "plate.#####.jpg", roi_path, obj
+    return (clips / name / "frames" / "#####.jpg").resolve(), roi_path, obj
 
 
 def score_clip(
