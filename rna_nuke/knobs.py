@@ -475,7 +475,7 @@ def status_lost(
     now = time.time() if now is None else now
     pid, where = status.get("pid"), status.get("host")
     if isinstance(pid, int) and where and where == (host or socket.gethostname()):
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return f"process {pid} on {where} is gone"
     beat = status.get("heartbeat")
     if isinstance(beat, (int, float)) and now - beat > lost_after_s:
@@ -483,7 +483,9 @@ def status_lost(
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (always True on Windows: signal 0 there would
+    stop it; callers decide by heartbeat or hello instead)."""
     if os.name == "nt":
         return True  # os.kill(pid, 0) would send CTRL_C_EVENT; the heartbeat decides there
     try:

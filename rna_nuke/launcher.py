@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .client import DISCOVERY_NAME, EngineClient, default_rna_home, read_discovery
+from .knobs import pid_alive
 from .protocol import EngineError
 
 LAUNCH_LOG = "engine.stdout.log"
@@ -33,20 +34,6 @@ _STARTED: list[subprocess.Popen] = []
 """Engines started by this process: holding them spares a 'still running' warning at collection."""
 
 
-def _pid_alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return True  # os.kill(pid, 0) would terminate the process on Windows; hello decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def find_engine(rna_home: str | Path | None = None) -> EngineClient | None:
     """A client of the live engine, or None.
 
@@ -57,7 +44,7 @@ def find_engine(rna_home: str | Path | None = None) -> EngineClient | None:
     """
     path = Path(rna_home or default_rna_home()) / DISCOVERY_NAME
     data = read_discovery(path)
-    if data is None or not isinstance(data.get("pid"), int) or not _pid_alive(data["pid"]):
+    if data is None or not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
         return None
     probe = EngineClient(path, connect_timeout_s=1.0, request_timeout_s=3.0, retries=1)
     try:
