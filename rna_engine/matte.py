@@ -52,8 +52,11 @@ log = logging.getLogger(__name__)
 UNKNOWN = 0.5
 """Trimap value of the unknown band (sure background 0, sure foreground 1)."""
 
-INSTALL_HINT = "rna-engine models install vitmatte --from DIR"
-"""The command that installs ViTMatte weights (named in the fallback warning)."""
+INSTALL_HINT = (
+    "copy a transformers save_pretrained ViTMatte folder to $RNA_HOME/models/vitmatte, "
+    "or name it with --set matte.vitmatte_dir=DIR"
+)
+"""How to install ViTMatte weights (named in the fallback warning, as `rna-engine doctor` says)."""
 
 _WARNED_MISSING: set[str] = set()
 """Weights folders already warned about, so a per-frame caller logs the fallback once."""

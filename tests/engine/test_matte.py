@@ -371,7 +371,8 @@ def test_missing_vitmatte_weights_warn_once_and_fall_back(
     assert backend.name == "guided" and again.name == "guided"
     hits = [r for r in caplog.records if mt.INSTALL_HINT in r.getMessage()]
     assert len(hits) == 1
-    assert "rna-engine models install vitmatte --from DIR" in hits[0].getMessage()
+    assert "models install vitmatte" not in hits[0].getMessage()  # the CLI has no such model
+    assert "matte.vitmatte_dir" in hits[0].getMessage()
 
 
 def test_vitmatte_dir_finds_an_installed_folder_one_level_down(
