@@ -179,7 +179,7 @@ def _display_to_linear(rgb: np.ndarray) -> np.ndarray:
 def build_hash(inputs: ResolvedInputs) -> str:
     """Content hash of a build: its settings and input files, not where they lie.
 
-    The spec less version/device/root/out/name and its paths, plus (role, frame, name, size,
+    The spec less version, device, root, out and name and its paths, plus (role, frame, name, size,
     mtime) of every resolved input file: a shot moved with its cache, or a cache's `build.json`
     re-run from elsewhere, keeps its hash.
     """
