@@ -6,7 +6,7 @@ demo can say how close its comp is:
 - `edit_psnr`: PSNR (dB, capped at 99 = exact) of the comp against the expected render, on the
   pixels whose surface point lies in the ROI (true tracked ROI > 0.5), in the build's working
   encoding: linear HDR values have no peak, and in the bounded log encoding an error means the
-  same at every brightness (the measure of `qc.encoded_error`).
+  same at every brightness (the measure of `metrics.encoded_error`).
 - `leak_pct`: the share of the paint (|comp − plate| summed over RGB) that lands where the true
   visible-ROI matte is 0 — on an occluder or outside the region — in percent.
 
@@ -15,14 +15,14 @@ Pure functions of arrays; the demo reads the files and passes them in.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-PSNR_CAP_DB = 99.0
+from .metrics import psnr
+
 """PSNR reported for an exact match (an MSE of 0 has no finite PSNR)."""
 
 
@@ -42,13 +42,6 @@ class FrameScore:
     """The part of `paint` outside the true visible ROI."""
     nonfinite_pixels: int = 0
     """Comp pixels with a NaN or infinite channel (scored as black: a broken comp scores low)."""
-
-
-def psnr_db(mse: float) -> float:
-    """PSNR in dB of a mean squared error on 0..1 data, capped at `PSNR_CAP_DB`."""
-    if mse <= 10.0 ** (-PSNR_CAP_DB / 10.0):
-        return PSNR_CAP_DB
-    return float(-10.0 * math.log10(mse))
 
 
 def score_frame(
@@ -82,7 +75,7 @@ def score_frame(
     if region.any():
         ea = enc(np.clip(comp, 0.0, None))
         eb = enc(np.clip(expected, 0.0, None))
-        edit_psnr: float | None = psnr_db(float(((ea - eb) ** 2).mean(-1)[region].mean()))
+        edit_psnr: float | None = psnr(float(((ea - eb) ** 2).mean(-1)[region].mean()))
     else:
         edit_psnr = None
     paint = np.abs(comp.astype(np.float64) - plate).sum(-1)

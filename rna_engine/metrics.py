@@ -23,11 +23,15 @@ from .stmap import sample_stmap, stmap_to_pixel
 
 
 def psnr(err2_mean: float) -> float:
-    """PSNR in dB of a mean squared error on 0..1 data (∞ capped at 99).
+    """PSNR in dB of a mean squared error on 0..1 data (∞ capped at 99; NaN stays NaN).
+
+    The one PSNR of the engine: QC, the quality gates, the demo's score and the benchmarks.
 
     >>> psnr(0.01)
     20.0
     """
+    if not math.isfinite(err2_mean):
+        return float("nan")
     return 99.0 if err2_mean <= 1e-12 else float(-10.0 * math.log10(err2_mean))
 
 

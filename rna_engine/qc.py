@@ -23,27 +23,13 @@ import torch
 
 from . import __version__
 from .cache import BuildPaths, write_json_atomic
-from .colour import WorkingSpace, preview_srgb
+from .colour import preview_srgb
 from .fit import FitResult, ShotTensors
 from .gpu_memory import StageMemory
 from .io import write_png
 from .progress import ProgressTracker
 from .quality import findings, frame_maps, frame_measures
 from .settings import BuildSpec
-
-
-def encoded_error(
-    a_linear: np.ndarray, b_linear: np.ndarray, region: np.ndarray, space: WorkingSpace
-) -> tuple[float, int]:
-    """Sum of squared differences (mean over RGB) of two scene-linear images in the working
-    encoding over `region`, and the pixel count: the edit-PSNR measure of the benchmarks.
-
-    Linear HDR values have no peak, so a PSNR of them depends on exposure; in the bounded log
-    encoding the fit uses, an error means the same at every brightness.
-    """
-    ea = space.encode(np.clip(a_linear, 0, None))
-    eb = space.encode(np.clip(b_linear, 0, None))
-    return float(((ea - eb) ** 2).mean(-1)[region].sum()), int(region.sum())
 
 
 def contact_sheet(

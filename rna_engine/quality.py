@@ -28,14 +28,8 @@ from torch import Tensor
 from .errors import QualityError
 from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
 from .io import format_frame_range as format_frames
+from .metrics import psnr
 from .settings import QCSettings
-
-
-def psnr(err2_mean: float) -> float:
-    """PSNR in dB of a mean squared error on 0..1 data (∞ capped at 99; NaN stays NaN)."""
-    if not math.isfinite(err2_mean):
-        return float("nan")
-    return 99.0 if err2_mean <= 1e-10 else float(-10.0 * math.log10(err2_mean))
 
 
 @torch.no_grad()

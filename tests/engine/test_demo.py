@@ -12,7 +12,8 @@ import torch
 from rna_engine import io
 from rna_engine.cache import version_dirs
 from rna_engine.commands.demo import run_demo
-from rna_engine.demo_score import PSNR_CAP_DB, score_frame, summarise
+from rna_engine.demo_score import score_frame, summarise
+from rna_engine.metrics import psnr
 from rna_engine.qc import LABEL_BAND_PX, contact_sheet
 from rna_engine.synth import make_shot, paint_pattern
 
@@ -61,7 +62,7 @@ def test_perfect_comp_scores_the_cap_and_no_leak() -> None:
     case, _ = _truth_case(0)
     case["comp"] = case["expected"].copy()
     s = score_frame(1001, **case)
-    assert s.edit_psnr == PSNR_CAP_DB
+    assert s.edit_psnr == psnr(0.0) == 99.0  # an exact match
     assert s.leak == 0.0 and s.leak_pct == 0.0 and s.paint > 0
 
 
@@ -123,7 +124,7 @@ def test_demo_reruns_keep_one_version_and_score_the_comp(tmp_path: Path) -> None
     assert len(score["frames"]) == 8 and score["nonfinite_pixels"] == 0
     psnrs = [f["edit_psnr"] for f in score["frames"]]
     assert psnrs == sorted(psnrs) and score["edit_psnr_worst"] == psnrs[0]
-    assert 30.0 < score["edit_psnr_mean"] < PSNR_CAP_DB
+    assert 30.0 < score["edit_psnr_mean"] < psnr(0.0)
     assert 0.0 <= score["paint_leak_pct"] < 1.0
     strip = io.read_image(tmp_path / "preview_strip.png").pixels
     assert strip.shape[:2] == (2 * (48 + 14), 4 * 64)

@@ -26,8 +26,8 @@ from rna_engine.colour import working_space
 from rna_engine.context import RunContext
 from rna_engine.errors import InputError
 from rna_engine.inputs import resolve_inputs
+from rna_engine.metrics import encoded_error
 from rna_engine.pipeline import Ingested, ingest
-from rna_engine.qc import encoded_error
 from rna_engine.settings import spec_from_dict
 from rna_engine.synth import make_shot, paint_pattern, write_shot
 
@@ -152,7 +152,7 @@ def test_edit_matches_ground_truth(built: dict, tmp_path: Path) -> None:
     comps = np.stack([io.read_image(p).pixels[..., :3] for p in out])
     expected = shot.render_edit(edit)
     roi = shot.roi_tracked > 0.5
-    err, count = encoded_error(comps, expected, roi, working_space("scene_linear"))
+    err, count = encoded_error(comps, expected, roi, working_space("scene_linear").encode)
     psnr = -10 * np.log10(err / count)
     assert psnr >= 35.0, psnr
     paint = np.abs(comps - shot.plate_linear).sum(-1)
