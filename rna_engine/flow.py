@@ -8,6 +8,10 @@ Computes, for N frames and a reference frame r:
   Each chain is filtered (hop cycle error < `reference_cycle_px`, appearance, validity of m→r at
   the landing point) and the valid chains are averaged with a true per-pixel mean; a final
   appearance test between t and r keeps the result;
+- with `flow.camera` = homography (default), a camera-motion prior (`camera.py`): per frame a
+  homography onto the reference, chained and re-anchored to it, and a guided direct match
+  t→r (homography plus the residual flow of the pre-aligned frame), which wins over the chains
+  where it passes its cycle check: far frames get correspondences that do not drift;
 - bootstrap masks: the reference ROI pulled back through t→r, AND the validity of t→r.
 
 Flow backends behind `FlowBackend`: OpenCV DIS (default, no weights) and torchvision RAFT
@@ -41,6 +45,7 @@ from torch import Tensor
 from . import models
 from .appearance import Appearance, gather, inside, make_appearance, pixel_grid, sample_px
 from .cache import atomic_path
+from .camera import CameraTracker, to_gray
 from .context import RunContext
 from .errors import InputError
 from .pool import ordered_map
@@ -49,7 +54,7 @@ from .settings import FlowSettings
 log = logging.getLogger(__name__)
 
 STAGE = "correspondences"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the cached content or its meaning changes."""
 _RAFT_MIN_SIDE = 128
 """torchvision RAFT needs feature maps of at least 16 cells (8-pixel cells)."""
@@ -77,10 +82,16 @@ class Correspondences:
     """(N, H, W) bool."""
     bootstrap: Tensor
     """(N, H, W) float32 in {0, 1}; the binarised ROI on the reference frame."""
+    camera: Tensor | None = None
+    """(N, 3, 3) float64 homographies frame-t working pixels → reference pixels
+    (`camera.py`); None when `flow.camera` is off."""
 
     def to(self, device: torch.device | str) -> Correspondences:
         return Correspondences(
-            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in dataclasses.fields(self)
+            }
         )
 
 
@@ -521,20 +532,46 @@ class _Aggregator:
             ref = torch.zeros_like(fwd)
             ref_valid = torch.zeros_like(fwd_valid)
             ref_valid[r] = True
+            tracker = None
+            if s.camera == "homography":
+                tracker = CameraTracker(
+                    to_gray(self.frames), self.roi_ref.cpu().numpy(), r, _dis_factory(s)
+                )
             bootstrap = torch.zeros(n, height, width, device=device)
             bootstrap[r] = self.roi_ref
             for done, t in enumerate(self._order(), start=1):
                 adjacent = (fwd[t], fwd_hop[t]) if t < r else (bwd[t], bwd_hop[t])
                 targets = self._chain(t)[1]
                 hops = self._next(flows, 2 * len(targets)) if targets else None
-                ref[t], ref_valid[t] = self._aggregate(t, adjacent, hops, ref, ref_valid)
+                guided = None
+                if tracker is not None:
+                    step = (fwd[t], fwd_valid[t]) if t < r else (bwd[t], bwd_valid[t])
+                    g_flow, g_ok = tracker.step(
+                        t, step[0].permute(1, 2, 0).cpu().numpy(), step[1].cpu().numpy()
+                    )
+                    guided = (
+                        torch.from_numpy(g_flow).permute(2, 0, 1).to(device),
+                        torch.from_numpy(g_ok).to(device),
+                    )
+                ref[t], ref_valid[t] = self._aggregate(t, adjacent, hops, ref, ref_valid, guided)
                 pulled = pull_back_mask(self.roi_ref, ref[t : t + 1], s.bootstrap_sampling)[0]
                 bootstrap[t] = (pulled & ref_valid[t]).float()
                 self._report(f"frame {done + 1}/{n}")
         finally:
             flows.close()
         self.ctx.reporter.update(STAGE, 1.0, f"frame {n}/{n}")
-        return Correspondences(fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap)
+        camera = None
+        if tracker is not None:
+            track = tracker.track()
+            camera = torch.from_numpy(track.homography).to(device)
+            far = np.flatnonzero(~track.anchored)
+            log.info(
+                "camera: %d/%d frames anchored to the reference%s",
+                int(track.anchored.sum()),
+                n,
+                f" (chained only: {far.tolist()})" if far.size else "",
+            )
+        return Correspondences(fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap, camera)
 
     def _aggregate(
         self,
@@ -543,10 +580,13 @@ class _Aggregator:
         hops: Tensor | None,
         ref: Tensor,
         ref_valid: Tensor,
+        guided: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Flow t→r: true mean of the valid chains t→m→r and the direct flow (docs/method.md §3.4).
 
         `hops` holds the flows t→m then m→t for the targets of `_chain(t)`, None if it has none.
+        `guided` (flow (2, H, W), valid (H, W)): the camera prior's direct match, used wherever
+        it is valid (one short hop on pre-aligned frames: it does not drift as chains do).
         """
         s, r = self.s, self.r
         mids, targets, direct = self._chain(t)
@@ -573,6 +613,10 @@ class _Aggregator:
             leg_valid = warp(ref_valid[m_idx].unsqueeze(1).float(), legs)[:, 0] >= _VALID_WARP_MIN
             ok[chained] &= leg_valid
         mean, any_valid = mean_of_candidates(candidates, ok)
+        if guided is not None:
+            g_flow, g_ok = guided
+            mean = torch.where(g_ok.unsqueeze(0), g_flow, mean)
+            any_valid = any_valid | g_ok
         final = self._similarity([t], [r], mean.unsqueeze(0))[0] > s.appearance_threshold
         valid = any_valid & final & lands_inside(mean.unsqueeze(0))[0]
         return mean * valid, valid
@@ -619,6 +663,8 @@ def cache_key(
 def _save(path: Path, result: Correspondences) -> None:
     data: dict[str, Any] = {"format": CACHE_FORMAT}
     for f in dataclasses.fields(result):
+        if getattr(result, f.name) is None:
+            continue
         value = getattr(result, f.name).cpu()
         data[f.name] = value.bool() if f.name == "bootstrap" else value  # {0,1}: 1 byte a pixel
     with atomic_path(path) as tmp:
@@ -635,4 +681,5 @@ def _load(path: Path, device: str) -> Correspondences | None:
         return None
     data.pop("format")
     data["bootstrap"] = data["bootstrap"].float()
+    data.setdefault("camera", None)
     return Correspondences(**data)

@@ -126,6 +126,9 @@ class FlowSettings:
     descriptor similarity by exp(-1/2)."""
     bootstrap_sampling: Literal["nearest", "bilinear"] = "bilinear"
     """How the reference ROI is pulled back: nearest pixel, or bilinear > 0.5."""
+    camera: Literal["homography", "off"] = "homography"
+    """Camera-motion prior (`camera.py`): a homography per frame onto the reference, anchored
+    to it, and guided direct matches t→r that replace drifting chains; off = chains only."""
 
     def __post_init__(self) -> None:
         _require(self.adjacent_cycle_px > 0, "flow.adjacent_cycle_px", "must be > 0")
@@ -221,6 +224,9 @@ class FitSettings:
     """Loss weights."""
     rigidity_delta_px: float = 1.0
     """Finite-difference offset of the rigidity Jacobian, working pixels (Eq. 15)."""
+    camera_prior: bool = True
+    """Base T on the camera prior of the correspondences stage: T(p) = H_t(p) + residual, so the
+    MLP learns only what the homography does not explain (no effect when `flow.camera` is off)."""
     position_set: Literal["roi", "frame"] = "roi"
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
