@@ -158,6 +158,8 @@ class RNAFields(nn.Module):
         xy_extent: (x_max, y_max) of xy_norm, so the mask grid's y axis spans the frame
             (docs/method.md §1.3: a 16:9 frame otherwise uses only 56 % of it).
         grid_factory: builds a hash grid (`kernels.make_hash_grid`); default the reference.
+        camera: (N, 3, 3) homographies on xy_norm, frame t → reference (`camera.normalised`):
+            T becomes camera base + residual (`uv`); None: the authors' tanh(MLP(x, y, t)).
     """
 
     def __init__(
@@ -166,10 +168,18 @@ class RNAFields(nn.Module):
         atlas_box: tuple[float, float, float, float] = (-1.0, -1.0, 1.0, 1.0),
         xy_extent: tuple[float, float] = (1.0, 1.0),
         grid_factory: object | None = None,
+        camera: Tensor | None = None,
     ) -> None:
         super().__init__()
         make = grid_factory or (lambda d, s: HashGrid(d, s))
         self.mapping = mlp(3, settings.mapping_width, 2)
+        empty = torch.zeros(0, 3, 3)
+        self.register_buffer("camera", empty if camera is None else camera.float().clone())
+        if camera is not None:  # the residual starts at 0: T starts as the camera prior
+            last = self.mapping[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.atlas_grid = make(2, settings.hash_grid)  # type: ignore[operator]
         self.atlas_mlp = mlp(self.atlas_grid.n_output_dims, settings.atlas_width, 3)
         self.mask_grid = make(3, settings.hash_grid)  # type: ignore[operator]
@@ -183,9 +193,31 @@ class RNAFields(nn.Module):
             "xy_span", torch.tensor([xy_extent[0] + 1.0, xy_extent[1] + 1.0, 2.0]), False
         )
 
+    @property
+    def has_camera(self) -> bool:
+        return self.camera.shape[0] > 0
+
+    def camera_base(self, xyt_norm: Tensor) -> Tensor:
+        """(N, 3) xyt_norm at integer frames → (N, 2) the camera prior's uv_norm (the identity
+        without a prior). The frame index is t̃'s nearest frame."""
+        if not self.has_camera:
+            return xyt_norm[:, :2]
+        n = self.camera.shape[0]
+        t = ((xyt_norm[:, 2] + 1.0) * (n / 2.0)).round().long().clamp(0, n - 1)
+        h = self.camera[t]  # (N, 3, 3)
+        x, y = xyt_norm[:, 0], xyt_norm[:, 1]
+        den = h[:, 2, 0] * x + h[:, 2, 1] * y + h[:, 2, 2]
+        u = (h[:, 0, 0] * x + h[:, 0, 1] * y + h[:, 0, 2]) / den
+        v = (h[:, 1, 0] * x + h[:, 1, 1] * y + h[:, 1, 2]) / den
+        return torch.stack([u, v], 1)
+
     def uv(self, xyt_norm: Tensor) -> Tensor:
-        """T: (N, 3) xyt_norm → (N, 2) uv_norm in (−1, 1)."""
-        return torch.tanh(self.mapping(xyt_norm))
+        """T: (N, 3) xyt_norm → (N, 2) uv_norm: tanh(MLP(x, y, t)) in (−1, 1), or with a camera
+        prior the prior's uv plus the MLP's residual at that uv and t (unbounded)."""
+        if not self.has_camera:
+            return torch.tanh(self.mapping(xyt_norm))
+        base = self.camera_base(xyt_norm)
+        return base + self.mapping(torch.cat([base, xyt_norm[:, 2:3]], 1))
 
     def atlas(self, uv_norm: Tensor) -> Tensor:
         """A: (N, 2) uv_norm → (N, 3) working-encoded colour in (0, 1)."""

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from . import losses
 from .cache import atomic_path
+from .camera import normalised
 from .context import RunContext
 from .errors import FitDiverged, InputError
 from .fields import RNAFields
@@ -223,7 +224,14 @@ class Fitter:
         self.geometry = Geometry(shot.width, shot.height, shot.n_frames)
         self.atlas_box = atlas_box_for(shot.roi, self.geometry)
         torch.manual_seed(ctx.seed)
-        self.model = RNAFields(fit, self.atlas_box, self.geometry.xy_extent(), grid_factory)
+        camera = None
+        if fit.camera_prior and shot.corr.camera is not None:
+            camera = torch.from_numpy(
+                normalised(shot.corr.camera.cpu().double().numpy(), self.geometry.half_rez)
+            )
+        self.model = RNAFields(
+            fit, self.atlas_box, self.geometry.xy_extent(), grid_factory, camera=camera
+        )
         self.model.to(self.device)
         self.use_graph = self._graph_capture(fit)
         # A captured graph draws from the default CUDA generator (graph-safe); elsewhere a
@@ -447,7 +455,8 @@ class Fitter:
             y = torch.rand(batch, generator=g, device=self.device) * (shot.height - 1)
             t = torch.randint(0, shot.n_frames, (batch,), generator=g, device=self.device).float()
             xyt = geo.xyt_norm(x, y, t)
-            return ((self.model.uv(xyt) - xyt[:, :2]) ** 2).sum(1).mean(), {}
+            target = self.model.camera_base(xyt)
+            return ((self.model.uv(xyt) - target) ** 2).sum(1).mean(), {}
 
         def on_log(step: int, loss: float, terms: dict[str, Tensor]) -> None:
             self._report(
@@ -517,7 +526,8 @@ class Fitter:
                 losses.masked_mean(losses.correspondence(uv_p, uv_f, m_p, px), fwd_ok)
                 + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_p, px), bwd_ok)
             ),
-            "rigidity": w.rigidity * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta).mean(),
+            "rigidity": w.rigidity
+            * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta, self._rigidity_base(xyt, b)).mean(),
             "residual_reg": w.residual_reg * losses.illumination(shade).mean(),
         }
         pos_set = is_ref * (shot.roi[y, x] if self.fit.position_set == "roi" else 1.0)
@@ -526,6 +536,14 @@ class Fitter:
         )
         total = torch.stack(list(terms.values())).sum()
         return total, terms
+
+    def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The camera prior at p, p − δx, p − δy of a `_joint_losses` batch (None without one)."""
+        if not self.model.has_camera:
+            return None
+        pts = torch.cat([xyt[:b], xyt[4 * b :]])
+        base = self.model.camera_base(pts)
+        return base[:b], base[b : 2 * b], base[2 * b :]
 
     def joint(self, start: int = 0) -> None:
         """Joint estimation of T, A, M, S (docs/method.md §4)."""
@@ -637,6 +655,10 @@ class Fitter:
             & (err > rs.colour_threshold * rs.occluded_factor)
             & ~self.shot.corr.ref_valid.bool()
         )
+        # [OURS] Candidates with a poor reconstruction but a valid match to the reference (the
+        # surface's motion and appearance agree: drift, reflections, light the atlas misses)
+        # are no evidence of an occluder; the reconstruction term must not push M down there.
+        rgb_on = ~(cand & ~not_occluded & ~occluded)
         del err
         opt = self._optimizer(
             list(model.mask_grid.parameters()),
@@ -667,7 +689,9 @@ class Fitter:
             m_p, m_f, m_b = model.mask(geo.xyt_norm(xs, ys, ts)).split(b)
             colour = _gather(shot.frames, t, y, x)
             predicted = _gather(pred, t, y, x)
-            rgb = ((m_p[:, None] * (predicted - colour)) ** 2).sum(1).mean()
+            rgb = (
+                rgb_on[t, y, x].float() * ((m_p[:, None] * (predicted - colour)) ** 2).sum(1)
+            ).mean()
             no = not_occluded[t, y, x].float()
             refine_term = rs.weight_refine * losses.masked_mean((1 - m_p) ** 2, no)
             refine_term = refine_term + rs.weight_occluded * losses.masked_mean(

@@ -37,14 +37,30 @@ def reconstruction(mask: Tensor, shade: Tensor, atlas: Tensor, colour: Tensor) -
     return ((mask[:, None] * (shade * atlas - colour)) ** 2).sum(1).mean()
 
 
-def rigidity(uv: Tensor, uv_dx: Tensor, uv_dy: Tensor, scale: float) -> Tensor:
+def rigidity(
+    uv: Tensor,
+    uv_dx: Tensor,
+    uv_dy: Tensor,
+    scale: float,
+    base: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
     """Eq. 4 with the finite-difference Jacobian of Eq. 15, per sample (B,).
 
     `uv` = T(x, y, t), `uv_dx` = T(x − δ, y, t), `uv_dy` = T(x, y − δ, t); `scale` converts uv
     differences to pixels per pixel (rez/2 / δ). Loss = ‖JᵀJ‖_F + ‖(JᵀJ + 10⁻³I)⁻¹‖_F, minimum
-    2√2 for an orthonormal J.
+    2√2 for an orthonormal J. `base`: the camera prior at the same three points; then the
+    Jacobian is T's relative to the prior's (J_T · J_P⁻¹), so the zoom or keystone the camera
+    measured is not penalised, only the residual's distortion.
     """
     j = torch.stack([uv - uv_dx, uv - uv_dy], -1) * scale  # (B, 2, 2): columns d/dx, d/dy
+    if base is not None:
+        b0, bx, by = base
+        jp = torch.stack([b0 - bx, b0 - by], -1) * scale
+        pa, pb, pc, pd = jp[:, 0, 0], jp[:, 0, 1], jp[:, 1, 0], jp[:, 1, 1]
+        det = pa * pd - pb * pc
+        det = torch.where(det.abs() < 1e-6, torch.full_like(det, 1e-6), det)
+        inv = torch.stack([torch.stack([pd, -pb], -1), torch.stack([-pc, pa], -1)], -2)
+        j = j @ (inv / det[:, None, None])
     jtj = j.transpose(1, 2) @ j
     a, b, c, d = jtj[:, 0, 0], jtj[:, 0, 1], jtj[:, 1, 0], jtj[:, 1, 1]
     fro = torch.sqrt(a * a + b * b + c * c + d * d + EPS_SQRT)
