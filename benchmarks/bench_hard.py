@@ -198,7 +198,10 @@ def score_shot(
         e, n = m.encoded_error(comp, expected, tracked, space.encode)
         err_sum, err_n = err_sum + e, err_n + n
         true_matte = f["roi_tracked"] * (1 - f["occlusion"])
-        leak = m.paint_share(m.paint_amount(comp, f["plate"]), true_matte < 0.05)
+        # Against the plate the comp was made from (the EXR on disk: half floats), not the
+        # float plate in memory, whose rounding difference would count as paint everywhere.
+        plate = io.read_image(shot_dir / "plate" / f"plate.{number:04d}.exr").pixels[..., :3]
+        leak = m.paint_share(m.paint_amount(comp, plate), true_matte < 0.05)
         cover = m.share(matte > 0.5, visible)
         outside = (f["roi_tracked"] < 0.5) & ~occluded
         shown = m.share(matte > 0.5, tracked & occluded)

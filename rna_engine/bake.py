@@ -254,7 +254,7 @@ def bake_frame(
         uv.cpu().numpy(),
         matte.cpu().numpy(),
         mask.cpu().numpy(),
-        (q["shade"] * q["atlas"]).clamp(0, 1).cpu().numpy(),
+        q["shaded"].clamp(0, 1).cpu().numpy(),
         q["atlas"].cpu().numpy(),
         tracked_px,
         covered_px,

@@ -160,6 +160,8 @@ class RNAFields(nn.Module):
         grid_factory: builds a hash grid (`kernels.make_hash_grid`); default the reference.
         camera: (N, 3, 3) homographies on xy_norm, frame t → reference (`camera.normalised`):
             T becomes camera base + residual (`uv`); None: the authors' tanh(MLP(x, y, t)).
+        frame_grade: (n_frames, reference index): a free per-frame, per-channel gain and offset
+            on S·A (`shaded`), the identity on the reference frame; None: the authors' Î = S·A.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class RNAFields(nn.Module):
         xy_extent: tuple[float, float] = (1.0, 1.0),
         grid_factory: object | None = None,
         camera: Tensor | None = None,
+        frame_grade: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         make = grid_factory or (lambda d, s: HashGrid(d, s))
@@ -180,6 +183,16 @@ class RNAFields(nn.Module):
             assert isinstance(last, nn.Linear)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        # [OURS] a grade per frame and channel, Î = gain · S·A + offset (exposure is an offset in
+        # the log working encoding, a gain in a display one); the reference frame's stays the
+        # identity: the atlas is the surface as lit there (the gauge).
+        n_grade, r_grade = frame_grade if frame_grade is not None else (0, 0)
+        self.log_gain = nn.Parameter(torch.zeros(n_grade, 3))
+        self.offset = nn.Parameter(torch.zeros(n_grade, 3))
+        free = torch.ones(n_grade, 1)
+        if n_grade:
+            free[r_grade] = 0.0
+        self.register_buffer("grade_free", free)
         self.atlas_grid = make(2, settings.hash_grid)  # type: ignore[operator]
         self.atlas_mlp = mlp(self.atlas_grid.n_output_dims, settings.atlas_width, 3)
         self.mask_grid = make(3, settings.hash_grid)  # type: ignore[operator]
@@ -197,14 +210,17 @@ class RNAFields(nn.Module):
     def has_camera(self) -> bool:
         return self.camera.shape[0] > 0
 
+    @staticmethod
+    def _frame_index(t_norm: Tensor, n: int) -> Tensor:
+        """t̃ → nearest frame index in 0…n−1 (t̃ = t / (n/2) − 1)."""
+        return ((t_norm + 1.0) * (n / 2.0)).round().long().clamp(0, n - 1)
+
     def camera_base(self, xyt_norm: Tensor) -> Tensor:
         """(N, 3) xyt_norm at integer frames → (N, 2) the camera prior's uv_norm (the identity
         without a prior). The frame index is t̃'s nearest frame."""
         if not self.has_camera:
             return xyt_norm[:, :2]
-        n = self.camera.shape[0]
-        t = ((xyt_norm[:, 2] + 1.0) * (n / 2.0)).round().long().clamp(0, n - 1)
-        h = self.camera[t]  # (N, 3, 3)
+        h = self.camera[self._frame_index(xyt_norm[:, 2], self.camera.shape[0])]  # (N, 3, 3)
         x, y = xyt_norm[:, 0], xyt_norm[:, 1]
         den = h[:, 2, 0] * x + h[:, 2, 1] * y + h[:, 2, 2]
         u = (h[:, 0, 0] * x + h[:, 0, 1] * y + h[:, 0, 2]) / den
@@ -233,6 +249,21 @@ class RNAFields(nn.Module):
     def shade(self, uv_norm: Tensor, t_norm: Tensor) -> Tensor:
         """S: (N, 2) uv_norm (detached by the caller) and (N,) t̃ → (N, 3) positive multiplier."""
         return nn.functional.softplus(self.shade_mlp(torch.cat([uv_norm, t_norm[:, None]], 1)))
+
+    def grade(self, t_norm: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) t̃ → the frame grade's gain and offset, (N, 3) each (1 and 0 without one)."""
+        n = self.log_gain.shape[0]
+        if n == 0:
+            ones = torch.ones(t_norm.shape[0], 3, device=t_norm.device, dtype=t_norm.dtype)
+            return ones, torch.zeros_like(ones)
+        i = self._frame_index(t_norm, n)
+        free = self.grade_free[i]
+        return torch.exp(self.log_gain[i] * free), self.offset[i] * free
+
+    def shaded(self, shade: Tensor, atlas: Tensor, t_norm: Tensor) -> Tensor:
+        """Î before the matte: the frame grade applied to S·A, (N, 3) working-encoded."""
+        gain, offset = self.grade(t_norm)
+        return gain * shade * atlas + offset
 
     def mapping_parameters(self) -> list[nn.Parameter]:
         return list(self.mapping.parameters())

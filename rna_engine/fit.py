@@ -186,6 +186,26 @@ class Sampler:
         return torch.cat(parts)
 
 
+def measured_offsets(shot: ShotTensors, samples: int = 20_000) -> Tensor:
+    """(N, 3) per frame the median working-encoded colour difference between frame t and the
+    reference at t's valid reference matches on the bootstrap ROI (0 where it has none): the
+    starting offset of the frame grade (an exposure change is an offset in the log encoding)."""
+    corr, frames = shot.corr, shot.frames
+    out = torch.zeros(shot.n_frames, 3)
+    w, h = shot.width, shot.height
+    for t in range(shot.n_frames):
+        ok = (corr.ref_valid[t] & (corr.bootstrap[t] > 0.5)).reshape(-1).nonzero()[:, 0]
+        if ok.numel() < 64 or t == shot.reference_index:
+            continue
+        ok = ok[torch.linspace(0, ok.numel() - 1, min(samples, ok.numel())).long().to(ok.device)]
+        y, x = ok // w, ok % w
+        rx = (x + corr.ref[t, 0, y, x]).round().long().clamp(0, w - 1)
+        ry = (y + corr.ref[t, 1, y, x]).round().long().clamp(0, h - 1)
+        diff = frames[t][:, y, x] - frames[shot.reference_index][:, ry, rx]
+        out[t] = diff.median(1).values.float().cpu()
+    return out
+
+
 def _gather(image: Tensor, t: Tensor, y: Tensor, x: Tensor) -> Tensor:
     """image (N, C, H, W) at integer (t, y, x) → (B, C)."""
     return image[t, :, y, x]
@@ -229,9 +249,18 @@ class Fitter:
             camera = torch.from_numpy(
                 normalised(shot.corr.camera.cpu().double().numpy(), self.geometry.half_rez)
             )
+        grade = (shot.n_frames, shot.reference_index) if fit.frame_grade else None
         self.model = RNAFields(
-            fit, self.atlas_box, self.geometry.xy_extent(), grid_factory, camera=camera
+            fit,
+            self.atlas_box,
+            self.geometry.xy_extent(),
+            grid_factory,
+            camera=camera,
+            frame_grade=grade,
         )
+        if grade is not None:
+            with torch.no_grad():
+                self.model.offset.copy_(measured_offsets(shot))
         self.model.to(self.device)
         self.use_graph = self._graph_capture(fit)
         # A captured graph draws from the default CUDA generator (graph-safe); elsewhere a
@@ -505,7 +534,8 @@ class Fitter:
         shade = model.shade(uv_p.detach(), xyt[:b, 2])
         px = geo.half_rez
         terms = {
-            "rgb": w.rgb * losses.reconstruction(m_p, shade, atlas, colour),
+            "rgb": w.rgb
+            * losses.reconstruction(m_p, model.shaded(shade, atlas, xyt[:b, 2]), colour),
             "bootstrap": w.bootstrap
             * boot_on
             * losses.bce(m_p, corr.bootstrap[t, y, x].float()).mean(),
@@ -555,6 +585,7 @@ class Fitter:
             + list(model.atlas_mlp.parameters())
             + list(model.mask_mlp.parameters())
             + list(model.shade_mlp.parameters())
+            + [model.log_gain, model.offset]
         )
         opt = self._optimizer(hash_params, mlp_params, self.fit.lr_hash, self.fit.lr_mlp)
         base = [float(g["lr"]) for g in opt.param_groups]
@@ -624,7 +655,7 @@ class Fitter:
             tt = torch.full_like(xs, t)
             xyt = geo.xyt_norm(xs, ys, tt)
             uv = model.uv(xyt)
-            colour = model.shade(uv, xyt[:, 2]) * model.atlas(uv)
+            colour = model.shaded(model.shade(uv, xyt[:, 2]), model.atlas(uv), xyt[:, 2])
             pred[t] = colour.T.reshape(3, h, w)
             p = geo.uv_to_px(uv)
             cand[t] = (
@@ -770,16 +801,20 @@ def query_fields(
     Args:
         x, y: (P,) float32 working-resolution pixel positions (centres at integers), any density.
     Returns:
-        uv_norm (P, 2), mask (P,), shade (P, 3), atlas (P, 3) working-encoded A(T(p)).
+        uv_norm (P, 2), mask (P,), shade (P, 3), atlas (P, 3) working-encoded A(T(p)), shaded
+        (P, 3) Î = the frame grade of S·A.
     """
     model, geo = result.model, result.geometry
-    outs: dict[str, list[Tensor]] = {"uv_norm": [], "mask": [], "shade": [], "atlas": []}
+    keys = ("uv_norm", "mask", "shade", "atlas", "shaded")
+    outs: dict[str, list[Tensor]] = {k: [] for k in keys}
     for s in range(0, x.numel(), chunk):
         xs, ys = x[s : s + chunk], y[s : s + chunk]
         xyt = geo.xyt_norm(xs, ys, torch.full_like(xs, float(t)))
         uv = model.uv(xyt)
         outs["uv_norm"].append(uv)
         outs["mask"].append(model.mask(xyt))
-        outs["shade"].append(model.shade(uv, xyt[:, 2]))
-        outs["atlas"].append(model.atlas(uv))
+        shade, atlas = model.shade(uv, xyt[:, 2]), model.atlas(uv)
+        outs["shade"].append(shade)
+        outs["atlas"].append(atlas)
+        outs["shaded"].append(model.shaded(shade, atlas, xyt[:, 2]))
     return {k: torch.cat(v) for k, v in outs.items()}

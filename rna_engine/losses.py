@@ -29,12 +29,12 @@ def bce(p: Tensor, target: Tensor) -> Tensor:
     return -(target * torch.log(p) + (1.0 - target) * torch.log(1.0 - p))
 
 
-def reconstruction(mask: Tensor, shade: Tensor, atlas: Tensor, colour: Tensor) -> Tensor:
+def reconstruction(mask: Tensor, shaded: Tensor, colour: Tensor) -> Tensor:
     """Eq. 3: mean_p Σ_c (Î − I)² with Î = M·S·A + (1 − M)·I, i.e. (M·(S·A − I))².
 
-    mask (B,), shade/atlas/colour (B, 3).
+    mask (B,), shaded (S·A, graded: `RNAFields.shaded`) and colour (B, 3).
     """
-    return ((mask[:, None] * (shade * atlas - colour)) ** 2).sum(1).mean()
+    return ((mask[:, None] * (shaded - colour)) ** 2).sum(1).mean()
 
 
 def rigidity(

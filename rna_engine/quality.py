@@ -54,7 +54,7 @@ def frame_maps(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Tensor
     region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5).reshape(h, w)
     return {
         "image": shot.frames[t],
-        "pred": (q["shade"] * q["atlas"]).T.reshape(3, h, w),
+        "pred": q["shaded"].T.reshape(3, h, w),
         "mask": q["mask"].reshape(h, w),
         "region": region,
     }

@@ -227,6 +227,10 @@ class FitSettings:
     camera_prior: bool = True
     """Base T on the camera prior of the correspondences stage: T(p) = H_t(p) + residual, so the
     MLP learns only what the homography does not explain (no effect when `flow.camera` is off)."""
+    frame_grade: bool = True
+    """[OURS] Î = gain_t · S·A + offset_t, a free RGB gain and offset per frame (identity on the
+    reference): exposure and white-balance drift are not pulled toward the reference's look by
+    the regulariser of S (Eq. 8), which then sees only local light."""
     position_set: Literal["roi", "frame"] = "roi"
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)

@@ -82,7 +82,7 @@ def atlas_psnr(result_or_fitter: Any, case: Case) -> float:
     errs = []
     for t in range(case.tensors.n_frames):
         q = query_fields(result, xs.reshape(-1), ys.reshape(-1), t)
-        pred = (q["shade"] * q["atlas"]).T.reshape(3, h, w)
+        pred = q["shaded"].T.reshape(3, h, w)
         visible = torch.from_numpy(case.shot.true_matte[t] > 0.5)
         errs.append(((pred - case.tensors.frames[t]) ** 2).mean(0)[visible])
     return -10 * math.log10(float(torch.cat(errs).mean()))

@@ -1,0 +1,143 @@
+"""Tests of rna_engine/camera.py and the camera prior in flow, fields and losses (issue #15).
+
+Ground truth comes from `synth`: `true_ref_xy` says where every plate pixel lies on the reference
+frame, so a homography per frame and the guided t→r matches can be scored exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rna_engine import losses
+from rna_engine.camera import apply_homography, normalised, plausible
+from rna_engine.context import RunContext
+from rna_engine.fields import RNAFields
+from rna_engine.flow import compute_correspondences
+from rna_engine.settings import FitSettings, FlowSettings
+from rna_engine.synth import make_shot
+
+
+@pytest.fixture(scope="module")
+def pan_small():
+    """A pan that carries the ROI across half the frame (16 frames, 160×96), camera on/off."""
+    shot = make_shot("pan-small")
+    frames = torch.from_numpy(shot.plate_srgb).permute(0, 3, 1, 2).contiguous()
+    roi = torch.from_numpy(shot.roi)
+    r = shot.reference_index
+    with_camera = compute_correspondences(frames, roi, r, FlowSettings(), RunContext())
+    chains = compute_correspondences(frames, roi, r, FlowSettings(camera="off"), RunContext())
+    return shot, with_camera, chains
+
+
+def _visible_roi(shot, t: int) -> np.ndarray:
+    return (shot.roi_tracked[t] > 0.5) & (shot.occlusion[t] < 0.01)
+
+
+def test_homography_tracks_the_roi_surface_on_every_frame(pan_small) -> None:
+    shot, corr, _ = pan_small
+    assert corr.camera is not None and corr.camera.shape == (shot.n_frames, 3, 3)
+    h, w = shot.occlusion.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    for t in range(shot.n_frames):
+        region = _visible_roi(shot, t)
+        if region.sum() < 50:
+            continue
+        hx, hy = apply_homography(corr.camera[t].numpy(), xs, ys)
+        err = np.hypot(hx - shot.true_ref_xy[t, ..., 0], hy - shot.true_ref_xy[t, ..., 1])
+        assert np.median(err[region]) < 0.2, f"frame {t}: median {np.median(err[region]):.2f} px"
+    np.testing.assert_allclose(corr.camera[shot.reference_index].numpy(), np.eye(3), atol=1e-9)
+
+
+def _ref_error(shot, corr, t: int) -> tuple[np.ndarray, float]:
+    """Errors of the valid t→r matches on the visible ROI, and the valid share there."""
+    h, w = shot.occlusion.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    region = _visible_roi(shot, t)
+    valid = corr.ref_valid[t].numpy() & region
+    flow = corr.ref[t].numpy()
+    err = np.hypot(
+        xs + flow[0] - shot.true_ref_xy[t, ..., 0], ys + flow[1] - shot.true_ref_xy[t, ..., 1]
+    )
+    return err[valid], valid.sum() / max(region.sum(), 1)
+
+
+def test_guided_matches_beat_chains_on_the_far_frames(pan_small) -> None:
+    shot, cam, chains = pan_small
+    for t in (0, 1, shot.n_frames - 2, shot.n_frames - 1):
+        err_cam, share_cam = _ref_error(shot, cam, t)
+        err_chain, share_chain = _ref_error(shot, chains, t)
+        assert np.quantile(err_cam, 0.9) < 0.5, f"frame {t}"
+        assert np.quantile(err_cam, 0.9) <= np.quantile(err_chain, 0.9) + 0.05, f"frame {t}"
+        assert share_cam > 0.7, f"frame {t}: {share_cam:.2f} of the visible ROI matched"
+        assert share_cam >= share_chain - 0.02, f"frame {t}"
+
+
+def test_plausible_rejects_folds_and_blow_ups() -> None:
+    assert plausible(np.eye(3), 100, 80)
+    shift = np.array([[1.0, 0, 30], [0, 1, -10], [0, 0, 1]])
+    assert plausible(shift, 100, 80)
+    assert not plausible(np.diag([-1.0, 1.0, 1.0]), 100, 80)  # mirrored: area sign flips
+    assert not plausible(np.diag([5.0, 5.0, 1.0]), 100, 80)  # 25× the area
+    horizon = np.array([[1.0, 0, 0], [0, 1, 0], [-0.02, 0, 1]])  # the line at x = 50 goes to ∞
+    assert not plausible(horizon, 100, 80)
+    assert not plausible(np.full((3, 3), np.nan), 100, 80)
+
+
+def _rotation_zoom(half_rez: float) -> np.ndarray:
+    a, s = math.radians(12.0), 1.3
+    return np.array(
+        [
+            [s * math.cos(a), -s * math.sin(a), 7.0],
+            [s * math.sin(a), s * math.cos(a), -4.0],
+            [2e-4, -1e-4, 1.0],
+        ]
+    )
+
+
+def test_fields_start_as_the_camera_prior() -> None:
+    width, height, n = 96, 64, 5
+    half = max(width, height) / 2.0
+    px = np.stack([np.eye(3)] + [_rotation_zoom(half)] * (n - 1))
+    camera = torch.from_numpy(normalised(px, half))
+    model = RNAFields(FitSettings(mapping_width=32), camera=camera)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, generator=g) * (width - 1)
+    y = torch.rand(200, generator=g) * (height - 1)
+    t = torch.randint(0, n, (200,), generator=g).double()
+    xyt = torch.stack([x / half - 1, y / half - 1, t / (n / 2.0) - 1], 1).float()
+    uv = model.uv(xyt)
+    torch.testing.assert_close(uv, model.camera_base(xyt))  # the residual starts at 0
+    # The prior on xy_norm is the pixel homography: compare in reference pixels.
+    for i in range(200):
+        hx, hy = apply_homography(px[int(t[i])], x[i].double().numpy(), y[i].double().numpy())
+        got = (uv[i].double() + 1.0) * half
+        assert abs(got[0].item() - hx) < 2e-3 and abs(got[1].item() - hy) < 2e-3
+    plain = RNAFields(FitSettings(mapping_width=32))
+    assert not plain.has_camera
+    assert torch.equal(plain.camera_base(xyt), xyt[:, :2])
+    assert plain.uv(xyt).abs().max() < 1.0  # the authors' tanh(MLP) keeps its range
+
+
+def test_rigidity_relative_to_the_prior_does_not_penalise_the_camera() -> None:
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(64, 2, generator=g)
+    zoom = torch.tensor([[1.6, 0.3], [-0.2, 0.7]])  # a sheared zoom the camera measured
+
+    def mapped(q: torch.Tensor) -> torch.Tensor:
+        return q @ zoom.T
+
+    delta = 0.01
+    dx, dy = p - torch.tensor([delta, 0.0]), p - torch.tensor([0.0, delta])
+    uv, uv_dx, uv_dy = mapped(p), mapped(dx), mapped(dy)
+    minimum = 2 * math.sqrt(2)
+    alone = losses.rigidity(uv, uv_dx, uv_dy, 1 / delta)
+    assert alone.min() > minimum + 0.3  # without the prior the zoom is a distortion
+    relative = losses.rigidity(uv, uv_dx, uv_dy, 1 / delta, (uv, uv_dx, uv_dy))
+    torch.testing.assert_close(relative, torch.full_like(relative, minimum), atol=2e-3, rtol=0)
+    # A residual that stretches on top of the prior is still penalised.
+    stretched = losses.rigidity(1.5 * uv, 1.5 * uv_dx, 1.5 * uv_dy, 1 / delta, (uv, uv_dx, uv_dy))
+    assert stretched.min() > minimum + 0.3
