@@ -29,6 +29,9 @@ pairs by index) do not take. Convention: homographies map working-resolution pix
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,6 +268,69 @@ class CameraTracker:
     def track(self) -> CameraTrack:
         """The homographies gathered so far (after every frame has had its `step`)."""
         return CameraTrack(self.homography.copy(), self.anchored.copy(), self.inliers.copy())
+
+
+class TrackAhead:
+    """Runs a `CameraTracker` over `order` in a background thread, ahead of its consumer.
+
+    The tracker needs only the adjacent flows, so it does not wait for the correspondences
+    stage's chains: both run at once (OpenCV releases the GIL), the host-side anchoring flows
+    off the stage's critical path. `get(t)` returns `step(t)`'s result in `order`'s order;
+    an error in the thread is raised there. Always `close()` (also on error or cancel).
+
+    Args:
+        tracker: the tracker.
+        order: frame indices, each after its neighbour toward the reference.
+        inputs: t → (flow t→neighbour (H, W, 2), valid (H, W)) on the host.
+        depth: results computed ahead at most.
+    """
+
+    def __init__(
+        self,
+        tracker: CameraTracker,
+        order: Sequence[int],
+        inputs: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        depth: int = 4,
+    ) -> None:
+        self.tracker = tracker
+        self._results: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(list(order), inputs), name="camera-track", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: tuple[int, object]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, order: list[int], inputs: Callable) -> None:
+        try:
+            for t in order:
+                if self._stop.is_set() or not self._put((t, self.tracker.step(t, *inputs(t)))):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised in `get`
+            self._put((-1, exc))
+
+    def get(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The guided flow t → r and its validity (`CameraTracker.step`)."""
+        got, value = self._results.get()
+        if isinstance(value, BaseException):
+            raise value
+        if got != t:
+            raise RuntimeError(f"camera track: frame {got} came when {t} was asked for")
+        return value  # type: ignore[return-value]
+
+    def close(self) -> CameraTrack:
+        """Stop the thread (if still running) and return the track so far."""
+        self._stop.set()
+        self._thread.join()
+        return self.tracker.track()
 
 
 def to_gray(frames: Tensor) -> np.ndarray:

@@ -45,7 +45,7 @@ from torch import Tensor
 from . import models
 from .appearance import Appearance, gather, inside, make_appearance, pixel_grid, sample_px
 from .cache import atomic_path
-from .camera import CameraTracker, to_gray
+from .camera import CameraTracker, TrackAhead, to_gray
 from .context import RunContext
 from .errors import InputError
 from .pool import ordered_map
@@ -514,6 +514,7 @@ class _Aggregator:
         bwd_hop = torch.zeros_like(fwd_valid)
         self._report(f"adjacent flows 0/{n - 1}")
         flows = stream_flows(self.backend, self._batches())
+        ahead: TrackAhead | None = None
         try:
             for ts in self._adjacent_chunks():
                 up = [t + 1 for t in ts]
@@ -532,11 +533,16 @@ class _Aggregator:
             ref = torch.zeros_like(fwd)
             ref_valid = torch.zeros_like(fwd_valid)
             ref_valid[r] = True
-            tracker = None
             if s.camera == "homography":
+
+                def adjacent_to_ref(t: int) -> tuple[np.ndarray, np.ndarray]:
+                    flow, ok = (fwd[t], fwd_valid[t]) if t < r else (bwd[t], bwd_valid[t])
+                    return flow.permute(1, 2, 0).cpu().numpy(), ok.cpu().numpy()
+
                 tracker = CameraTracker(
                     to_gray(self.frames), self.roi_ref.cpu().numpy(), r, _dis_factory(s)
                 )
+                ahead = TrackAhead(tracker, self._order(), adjacent_to_ref)
             bootstrap = torch.zeros(n, height, width, device=device)
             bootstrap[r] = self.roi_ref
             for done, t in enumerate(self._order(), start=1):
@@ -544,11 +550,8 @@ class _Aggregator:
                 targets = self._chain(t)[1]
                 hops = self._next(flows, 2 * len(targets)) if targets else None
                 guided = None
-                if tracker is not None:
-                    step = (fwd[t], fwd_valid[t]) if t < r else (bwd[t], bwd_valid[t])
-                    g_flow, g_ok = tracker.step(
-                        t, step[0].permute(1, 2, 0).cpu().numpy(), step[1].cpu().numpy()
-                    )
+                if ahead is not None:
+                    g_flow, g_ok = ahead.get(t)
                     guided = (
                         torch.from_numpy(g_flow).permute(2, 0, 1).to(device),
                         torch.from_numpy(g_ok).to(device),
@@ -559,10 +562,10 @@ class _Aggregator:
                 self._report(f"frame {done + 1}/{n}")
         finally:
             flows.close()
+            track = ahead.close() if ahead is not None else None
         self.ctx.reporter.update(STAGE, 1.0, f"frame {n}/{n}")
         camera = None
-        if tracker is not None:
-            track = tracker.track()
+        if track is not None:
             camera = torch.from_numpy(track.homography).to(device)
             far = np.flatnonzero(~track.anchored)
             log.info(
