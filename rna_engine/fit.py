@@ -686,9 +686,9 @@ class Fitter:
             & (err > rs.colour_threshold * rs.occluded_factor)
             & ~self.shot.corr.ref_valid.bool()
         )
-        # [OURS] Candidates with a poor reconstruction but a valid match to the reference (the
-        # surface's motion and appearance agree: drift, reflections, light the atlas misses)
-        # are no evidence of an occluder; the reconstruction term must not push M down there.
+        # [OURS] Candidates in neither set (error above ε, but a valid reference match or an
+        # error under ε · occluded_factor: drift, reflections, light the atlas misses) are no
+        # evidence of an occluder; the reconstruction term must not push M down there.
         rgb_on = ~(cand & ~not_occluded & ~occluded)
         del err
         opt = self._optimizer(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rna_engine import losses
-from rna_engine.camera import apply_homography, normalised, plausible
+from rna_engine.camera import TrackAhead, apply_homography, normalised, plausible
 from rna_engine.context import RunContext
 from rna_engine.fields import RNAFields
 from rna_engine.flow import compute_correspondences
@@ -141,3 +141,30 @@ def test_rigidity_relative_to_the_prior_does_not_penalise_the_camera() -> None:
     # A residual that stretches on top of the prior is still penalised.
     stretched = losses.rigidity(1.5 * uv, 1.5 * uv_dx, 1.5 * uv_dy, 1 / delta, (uv, uv_dx, uv_dy))
     assert stretched.min() > minimum + 0.3
+
+
+class _FailingTracker:
+    """A tracker whose third frame fails, as a bad frame or a cancel would."""
+
+    def __init__(self) -> None:
+        self.done: list[int] = []
+
+    def step(self, t: int, flow: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.done) == 2:
+            raise ValueError(f"frame {t}: broken")
+        self.done.append(t)
+        return flow + t, valid
+
+    def track(self) -> list[int]:
+        return list(self.done)
+
+
+def test_track_ahead_keeps_the_order_and_raises_the_threads_error() -> None:
+    tracker = _FailingTracker()
+    flow, valid = np.zeros((2, 3, 2), np.float32), np.ones((2, 3), bool)
+    ahead = TrackAhead(tracker, [5, 6, 4, 3], lambda t: (flow, valid), depth=1)  # type: ignore[arg-type]
+    assert ahead.get(5)[0][0, 0, 0] == 5.0
+    assert ahead.get(6)[0][0, 0, 0] == 6.0
+    with pytest.raises(ValueError, match="frame 4: broken"):
+        ahead.get(4)
+    assert ahead.close() == [5, 6]
