@@ -85,6 +85,9 @@ class Correspondences:
     camera: Tensor | None = None
     """(N, 3, 3) float64 homographies frame-t working pixels → reference pixels
     (`camera.py`); None when `flow.camera` is off."""
+    anchored: Tensor | None = None
+    """(N,) bool: frame t's homography was matched to the reference frame directly (False:
+    chained from its neighbours only, a low-confidence frame); None without the camera."""
 
     def to(self, device: torch.device | str) -> Correspondences:
         return Correspondences(
@@ -564,9 +567,10 @@ class _Aggregator:
             flows.close()
             track = ahead.close() if ahead is not None else None
         self.ctx.reporter.update(STAGE, 1.0, f"frame {n}/{n}")
-        camera = None
+        camera = anchored = None
         if track is not None:
             camera = torch.from_numpy(track.homography).to(device)
+            anchored = torch.from_numpy(track.anchored).to(device)
             far = np.flatnonzero(~track.anchored)
             log.info(
                 "camera: %d/%d frames anchored to the reference%s",
@@ -574,7 +578,9 @@ class _Aggregator:
                 n,
                 f" (chained only: {far.tolist()})" if far.size else "",
             )
-        return Correspondences(fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap, camera)
+        return Correspondences(
+            fwd, fwd_valid, bwd, bwd_valid, ref, ref_valid, bootstrap, camera, anchored
+        )
 
     def _aggregate(
         self,
@@ -685,4 +691,5 @@ def _load(path: Path, device: str) -> Correspondences | None:
     data.pop("format")
     data["bootstrap"] = data["bootstrap"].float()
     data.setdefault("camera", None)
+    data.setdefault("anchored", None)
     return Correspondences(**data)

@@ -111,6 +111,8 @@ def write_qc(
     for t in range(n):
         m = frame_measures(frame_maps(result, shot, t))
         m["matte_coverage"] = None if matte_coverage[t] is None else round(matte_coverage[t], 4)
+        anchored = shot.corr.anchored
+        m["camera_anchored"] = None if anchored is None else bool(anchored[t])
         per_frame.append({"frame": data.frame_numbers[t], **m})
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
     found = findings(per_frame, data.frame_numbers, spec.settings.qc)

@@ -12,7 +12,9 @@ CLI, `openjd_fail:` on the farm, an error in Nuke):
 Soft findings are warnings (in `status.json`, `qc/report.json` and the Nuke node): frames whose
 soft matte covers under `qc.min_frame_coverage` of the tracked ROI (an occluder, or drift the
 model reads as one), a frame whose matte coverage or tracked-ROI area falls far below the
-median of its neighbours in time; and the worst frame of each per-frame measure.
+median of its neighbours in time, frames with the ROI in view whose camera could not be matched
+to the reference frame (`camera_anchored` false: geometry chained from the neighbours only, low
+confidence); and the worst frame of each per-frame measure.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def findings(
     """Worst frames and soft warnings of the per-frame QC records (`qc/report.json`).
 
     Each record has `coverage` (mask), `matte_coverage` (soft matte, plate resolution),
-    `roi_pixels` (tracked-ROI area) and `psnr_atlas`.
+    `roi_pixels` (tracked-ROI area), `psnr_atlas` and optionally `camera_anchored`.
     """
     measures = ("matte_coverage", "coverage", "psnr_atlas", "roi_pixels")
     columns = {k: [f.get(k) for f in per_frame] for k in measures}
@@ -203,6 +205,18 @@ def findings(
             f"(worst frame {frame_numbers[w]}: {columns['matte_coverage'][w]:.0%}); an occluder "
             "or tracking drift: check the paint there"
         )
+    unsure = [
+        t
+        for t, f in enumerate(per_frame)
+        if f.get("camera_anchored") is False and (f.get("roi_pixels") or 0) > 0
+    ]
+    if unsure:
+        warnings.append(
+            f"{len(unsure)} of {len(per_frame)} frames "
+            f"({format_frames([frame_numbers[t] for t in unsure])}): the camera could not be "
+            "matched to the reference frame there (tracked from the neighbouring frames only): "
+            "low confidence, check the paint there"
+        )
     for t in sorted(flagged):
         f = per_frame[t]
         what = " and ".join(
@@ -218,5 +232,6 @@ def findings(
         "worst": {k: worst(columns[k], frame_numbers) for k in measures[:3]},
         "flagged_frames": [int(frame_numbers[t]) for t in sorted(flagged)],
         "low_coverage_frames": [int(frame_numbers[t]) for t in low],
+        "low_confidence_frames": [int(frame_numbers[t]) for t in unsure],
         "warnings": warnings,
     }

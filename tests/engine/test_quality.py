@@ -101,6 +101,25 @@ def test_findings_warn_about_low_coverage_and_drops() -> None:
     assert "worst frame 1004: 30%" in found["warnings"][0]
     clean = findings(records[:3], numbers[:3], QCSettings())
     assert clean["warnings"] == [] and clean["flagged_frames"] == []
+    assert found["low_confidence_frames"] == []
+
+
+def test_findings_report_frames_the_camera_could_not_anchor() -> None:
+    anchored = [True, True, False, False, True, False]
+    roi = [100, 100, 100, 80, 100, 0]  # the last frame: the ROI is out of view
+    records = [
+        {
+            "matte_coverage": 0.99,
+            "coverage": 0.99,
+            "psnr_atlas": 35.0,
+            "roi_pixels": r,
+            "camera_anchored": a,
+        }
+        for a, r in zip(anchored, roi, strict=True)
+    ]
+    found = findings(records, list(range(1, 7)), QCSettings())
+    assert found["low_confidence_frames"] == [3, 4]
+    assert any(w.startswith("2 of 6 frames (3-4): the camera") for w in found["warnings"])
 
 
 def test_check_bake_needs_a_matte_on_the_reference_frame() -> None:

@@ -267,10 +267,19 @@ def test_rnaapply_gizmo_reproduces_rna_engine_apply(
     changed_frames = 0
     for frame in frames:
         plate, plate_rgb, passes = _frame_inputs(built, frame)
-        want = apply_frame(plate_rgb, atlas_orig, atlas_edit, passes, settings)["comp"]
+        outputs = apply_frame(plate_rgb, atlas_orig, atlas_edit, passes, settings)
+        want = outputs["comp"]
         got = _gizmo_comp(built, painted, frame, plate, knobs)
         assert got.shape == want.shape == (shot.params.height, shot.params.width, 4)
-        assert np.abs(got - want).max() < 1e-5, (mode, frame)
+        diff = np.abs(got - want)
+        # A UV within ~10⁻⁴ texel of the edge of a painted texel's filter support weighs it by
+        # ~10⁻⁸ on one side and exactly 0 on the other: "edited" flips on such a tie (and with
+        # it mode replace's choice). Only there, where the engine's delta is nil, may they differ.
+        alpha_off = diff[..., 3] > 1e-5
+        tie = alpha_off & (np.abs(outputs["delta"][..., :3]).max(-1) < 1e-4)
+        assert not (alpha_off & ~tie).any(), (mode, frame)
+        assert tie.sum() <= max(1, tie.size // 1000), (mode, frame)
+        assert diff[~tie].max() < 1e-5, (mode, frame)
 
         matte = passes[MATTE]
         outside = matte == 0
