@@ -324,6 +324,19 @@ class Fitter:
         except Exception as err:  # a damaged checkpoint: start over rather than fail
             log.warning("ignoring unreadable checkpoint %s (%s)", self.ckpt_path, err)
             return None
+        # Checked before loading: `load_state_dict` copies the matching tensors before it
+        # raises on the others, which would leave a half-loaded model.
+        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        saved = state.get("model") if isinstance(state, dict) else None
+        theirs = {k: tuple(v.shape) for k, v in saved.items()} if isinstance(saved, dict) else {}
+        if mine != theirs:  # another engine's model layout, or another shot's
+            differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+            log.warning(
+                "ignoring checkpoint %s of another model layout (%s)",
+                self.ckpt_path,
+                ", ".join(differ[:4]),
+            )
+            return None
         self.model.load_state_dict(state["model"])
         if self.generator is not None:
             self.generator.set_state(state["generator"].cpu())

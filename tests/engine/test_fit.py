@@ -161,6 +161,27 @@ def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> N
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_a_checkpoint_of_another_model_layout_is_ignored(
+    case: Case, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    ctx = RunContext(device="cpu", seed=0, work_dir=tmp_path)
+    plain = dataclasses.replace(case.settings.fit, frame_grade=False, camera_prior=False)
+    Fitter(case.tensors, plain, case.settings.refine, ctx)._save("fit", 40, None)
+    assert (tmp_path / "fit.ckpt").exists()
+    current = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
+    before = {k: v.clone() for k, v in current.model.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        assert current._load() is None  # starts over instead of failing the build
+    assert "another model layout" in caplog.text
+    for name, value in current.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    same = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
+    same._save("fit", 40, None)
+    assert current._load() is not None  # the same layout still resumes
+
+
 def test_bad_shots_are_refused() -> None:
     roi = torch.zeros(8, 8)
     with pytest.raises(InputError, match="empty"):
