@@ -59,8 +59,6 @@ class CameraTrack:
     """(N, 3, 3) float64: frame-t working pixels → reference working pixels."""
     anchored: np.ndarray
     """(N,) bool: H_t was corrected by a direct match to the reference frame."""
-    inliers: np.ndarray
-    """(N,) int: RANSAC inliers of the last homography fitted for frame t."""
 
 
 def apply_homography(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +114,7 @@ def _grid_points(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_flow_homography(
     flow: np.ndarray, valid: np.ndarray, region: np.ndarray, threshold_px: float
-) -> tuple[np.ndarray | None, int]:
+) -> np.ndarray | None:
     """RANSAC homography p → p + flow(p) over the valid pixels of `region`.
 
     Args:
@@ -126,23 +124,20 @@ def fit_flow_homography(
         threshold_px: RANSAC reprojection threshold.
 
     Returns:
-        The 3×3 homography (None when too few matches or inliers) and its inlier count.
+        The 3×3 homography; None when too few matches or inliers.
     """
     import cv2
 
     xs, ys = _grid_points(valid & region)
     if xs.size < _MIN_POINTS:
-        return None, 0
+        return None
     xi, yi = xs.astype(np.int64), ys.astype(np.int64)
     src = np.stack([xs, ys], 1).astype(np.float32)
     dst = src + flow[yi, xi].astype(np.float32)
     h, inl = cv2.findHomography(src, dst, cv2.RANSAC, threshold_px, maxIters=2000, confidence=0.999)
-    if h is None or inl is None:
-        return None, 0
-    count = int(inl.sum())
-    if count < max(_MIN_POINTS, _MIN_INLIER_SHARE * xs.size):
-        return None, count
-    return h.astype(np.float64), count
+    if h is None or inl is None or int(inl.sum()) < max(_MIN_POINTS, _MIN_INLIER_SHARE * xs.size):
+        return None
+    return h.astype(np.float64)
 
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -180,7 +175,6 @@ class CameraTracker:
         self.homography = np.tile(np.eye(3), (self.n, 1, 1))
         self.anchored = np.zeros(self.n, bool)
         self.anchored[self.r] = True
-        self.inliers = np.zeros(self.n, np.int64)
         ys, xs = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
         self._xs, self._ys = xs, ys
 
@@ -208,28 +202,24 @@ class CameraTracker:
         n = t + 1 if t < self.r else t - 1
         h_n = self.homography[n]
         region = self.region_in(h_n)
-        a, count = fit_flow_homography(flow_to_neighbour, valid, region, _ADJACENT_RANSAC_PX)
+        a = fit_flow_homography(flow_to_neighbour, valid, region, _ADJACENT_RANSAC_PX)
         if a is None or not plausible(a, self.w, self.h):
-            a, count = fit_flow_homography(
+            a = fit_flow_homography(
                 flow_to_neighbour, valid, np.ones_like(region), _ADJACENT_RANSAC_PX
             )
         if a is None or not plausible(a, self.w, self.h):
             a = np.eye(3)
         h_t = h_n @ a
         h_t /= h_t[2, 2]
-        guided, guided_ok, correction, count2 = self._anchor(t, h_t)
+        guided, guided_ok, correction = self._anchor(t, h_t)
         if correction is not None:
             h_t = correction @ h_t
             h_t /= h_t[2, 2]
             self.anchored[t] = True
-            count = count2
         self.homography[t] = h_t
-        self.inliers[t] = count
         return guided, guided_ok
 
-    def _anchor(
-        self, t: int, h_t: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    def _anchor(self, t: int, h_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Residual flow between frame t warped by h_t and the reference; its correction."""
         import cv2
 
@@ -252,7 +242,7 @@ class CameraTracker:
         inside = (landed_x >= 0) & (landed_x <= self.w - 1) & (landed_y >= 0)
         inside &= landed_y <= self.h - 1
         ok = covered & inside & (np.hypot(loop[..., 0], loop[..., 1]) < _ANCHOR_CYCLE_PX)
-        correction, count = fit_flow_homography(d, ok, self.region_ref_mask, _ANCHOR_RANSAC_PX)
+        correction = fit_flow_homography(d, ok, self.region_ref_mask, _ANCHOR_RANSAC_PX)
         if correction is not None and not plausible(correction, self.w, self.h):
             correction = None
         # Guided match of every pixel p of frame t: q = h_t(p), then q + d(q).
@@ -263,11 +253,11 @@ class CameraTracker:
         okq = okq[..., 0] if okq.ndim == 3 else okq
         guided = np.stack([qx + dq[..., 0] - self._xs, qy + dq[..., 1] - self._ys], -1)
         guided_ok = inside_q & (okq >= 0.999)
-        return guided.astype(np.float32), guided_ok, correction, count
+        return guided.astype(np.float32), guided_ok, correction
 
     def track(self) -> CameraTrack:
         """The homographies gathered so far (after every frame has had its `step`)."""
-        return CameraTrack(self.homography.copy(), self.anchored.copy(), self.inliers.copy())
+        return CameraTrack(self.homography.copy(), self.anchored.copy())
 
 
 class TrackAhead:

@@ -61,7 +61,6 @@ _RAFT_MIN_SIDE = 128
 _VALID_WARP_MIN = 0.999
 """A bilinearly warped validity mask must stay at 1: every neighbour used is valid."""
 _DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
-_LUMA = (0.2126, 0.7152, 0.0722)
 
 
 @dataclass
@@ -256,9 +255,7 @@ class DisFlow:
     ) -> None:
         import cv2
 
-        luma = torch.tensor(_LUMA, device=frames.device).view(1, 3, 1, 1)
-        gray = (frames * luma).sum(1).clamp(0, 1) * 255 + 0.5
-        self._gray = gray.to(torch.uint8).cpu().numpy()
+        self._gray = to_gray(frames)
         self._make = _dis_factory(settings)
         self._local = threading.local()
         self._device = device
