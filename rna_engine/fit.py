@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import losses
+from . import evidence, losses
 from .cache import atomic_path
 from .camera import normalised
 from .context import RunContext
@@ -546,9 +546,10 @@ class Fitter:
         atlas = model.atlas(uv_p)
         shade = model.shade(uv_p.detach(), xyt[:b, 2])
         px = geo.half_rez
+        m_rgb = self._guarded_mask(m_p, uv_p, uv_f, uv_b, fwd_ok, bwd_ok, ref_ok * (1 - is_ref))
         terms = {
             "rgb": w.rgb
-            * losses.reconstruction(m_p, model.shaded(shade, atlas, xyt[:b, 2]), colour),
+            * losses.reconstruction(m_rgb, model.shaded(shade, atlas, xyt[:b, 2]), colour),
             "bootstrap": w.bootstrap
             * boot_on
             * losses.bce(m_p, corr.bootstrap[t, y, x].float()).mean(),
@@ -579,6 +580,36 @@ class Fitter:
         )
         total = torch.stack(list(terms.values())).sum()
         return total, terms
+
+    def _guarded_mask(
+        self,
+        m_p: Tensor,
+        uv_p: Tensor,
+        uv_f: Tensor,
+        uv_b: Tensor,
+        fwd_ok: Tensor,
+        bwd_ok: Tensor,
+        ref_ok: Tensor,
+    ) -> Tensor:
+        """M as the reconstruction term sees it: detached on samples with evidence of the
+        surface and none of an occluder (`fit.evidence_guard`, docs/method.md §2.3), so the
+        term trains the atlas there but cannot lower M."""
+        if not self.fit.evidence_guard:
+            return m_p
+        rs = self.refine_settings
+        with torch.no_grad():
+            px = self.geometry.half_rez
+            d_f = torch.linalg.vector_norm(uv_f - uv_p, dim=1) * px
+            d_b = torch.linalg.vector_norm(uv_b - uv_p, dim=1) * px
+            f_ok, b_ok = fwd_ok > 0, bwd_ok > 0
+            follows = (f_ok & (d_f < rs.motion_surface_px)) | (b_ok & (d_b < rs.motion_surface_px))
+            moving = (
+                (f_ok | b_ok)
+                & (~f_ok | (d_f > rs.motion_occluder_px))
+                & (~b_ok | (d_b > rs.motion_occluder_px))
+            )
+            protect = ((ref_ok > 0) | follows) & ~moving
+        return torch.where(protect, m_p.detach(), m_p)
 
     def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:
         """The camera prior at p, p − δx, p − δy of a `_joint_losses` batch (None without one)."""
@@ -636,8 +667,10 @@ class Fitter:
     # Stage 3: mask refinement
 
     @torch.no_grad()
-    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor]:
-        """S·A(T(p)) for every pixel (N, 3, H, W) and the candidate set Ω (N, H, W) bool.
+    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """S·A(T(p)) for every pixel (N, 3, H, W), the candidate set Ω (N, H, W) bool and the
+        motion residuals of the adjacent matches forward and backward (N, H, W) float16
+        (`evidence.motion_residual`, +inf where a match is not valid).
 
         Ω (docs/method.md §5.1): the reference ROI splatted into atlas space through T on the
         reference frame (max-combined, no lost duplicates: a fix of docs/method.md §8.2), then pulled back
@@ -664,6 +697,11 @@ class Fitter:
         footprint = footprint.reshape(1, h, w)
         pred = torch.empty(n, 3, h, w, device=self.device)
         cand = torch.empty(n, h, w, dtype=torch.bool, device=self.device)
+        inf = float("inf")
+        res_fwd = torch.full((n, h, w), inf, dtype=torch.float16, device=self.device)
+        res_bwd = torch.full((n, h, w), inf, dtype=torch.float16, device=self.device)
+        corr = shot.corr
+        prev: Tensor | None = None
         for t in range(n):
             tt = torch.full_like(xs, t)
             xyt = geo.xyt_norm(xs, ys, tt)
@@ -671,13 +709,25 @@ class Fitter:
             colour = model.shaded(model.shade(uv, xyt[:, 2]), model.atlas(uv), xyt[:, 2])
             pred[t] = colour.T.reshape(3, h, w)
             p = geo.uv_to_px(uv)
+            here = p.T.reshape(2, h, w).contiguous()
+            if prev is not None:
+                res_fwd[t - 1] = evidence.motion_residual(
+                    prev, here, corr.fwd[t - 1], corr.fwd_valid[t - 1].bool()
+                ).clamp_max(6e4)
+                res_bwd[t] = evidence.motion_residual(
+                    here, prev, corr.bwd[t], corr.bwd_valid[t].bool()
+                ).clamp_max(6e4)
+            prev = here
             cand[t] = (
                 _sample_bilinear(
                     footprint, torch.zeros_like(tt, dtype=torch.long), p[:, 0], p[:, 1]
                 )
                 > 0.5
             ).reshape(h, w)
-        return pred, cand
+        # fp16 keeps +inf (no valid match) apart from the clamped distances.
+        res_fwd[~corr.fwd_valid.bool()] = inf
+        res_bwd[~corr.bwd_valid.bool()] = inf
+        return pred, cand, res_fwd, res_bwd
 
     def refine(self, start: int = 0) -> None:
         """M-only refinement (docs/method.md §5, Eqs. 9–10)."""
@@ -685,25 +735,25 @@ class Fitter:
         if total <= 0:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
-        pred, cand = self._prediction_and_candidates()
+        pred, cand, res_fwd, res_bwd = self._prediction_and_candidates()
         err = (pred - shot.frames).abs().mean(1)
-        not_occluded = cand & (err < rs.colour_threshold)  # the set N of Eq. 9
-        # [OURS] The mirror of N: candidates nothing explains. The
-        # reconstruction term alone pulls M down there with a gradient ∝ (S·A − I)², too weak
-        # to undo a wrong bootstrap within a short schedule.
-        # Both must disagree: the atlas (error) and the correspondences (no valid match to the
-        # reference frame); real footage has atlas errors (reflections, motion blur) on pixels
-        # that are perfectly visible, and pushing those down makes M collapse.
-        occluded = (
-            cand
-            & (err > rs.colour_threshold * rs.occluded_factor)
-            & ~self.shot.corr.ref_valid.bool()
+        # [OURS] M goes to 0 only on evidence of an occluder (motion that disagrees with the
+        # surface's, or an appearance that neither the atlas nor any match explains) and is
+        # held at 1 on evidence of the surface; the reconstruction term is off on candidates
+        # with neither (docs/method.md §5.2, `evidence.py`).
+        sets = evidence.refine_sets(
+            cand,
+            err,
+            shot.corr.ref_valid.bool(),
+            res_fwd,
+            res_bwd,
+            rs.colour_threshold,
+            rs.occluded_factor,
+            rs.motion_surface_px,
+            rs.motion_occluder_px,
         )
-        # [OURS] Candidates in neither set (error above ε, but a valid reference match or an
-        # error under ε · occluded_factor: drift, reflections, light the atlas misses) are no
-        # evidence of an occluder; the reconstruction term must not push M down there.
-        rgb_on = ~(cand & ~not_occluded & ~occluded)
-        del err
+        del err, res_fwd, res_bwd
+        not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),
             list(model.mask_mlp.parameters()),

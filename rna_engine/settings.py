@@ -231,6 +231,12 @@ class FitSettings:
     """[OURS] Î = gain_t · S·A + offset_t, a free RGB gain and offset per frame (identity on the
     reference): exposure and white-balance drift are not pulled toward the reference's look by
     the regulariser of S (Eq. 8), which then sees only local light."""
+    evidence_guard: bool = True
+    """[OURS] The reconstruction term does not lower M on samples with evidence of the surface
+    (a valid reference match, or an adjacent match that follows the surface within
+    `refine.motion_surface_px`) and none of an occluder: water, reflections and light the atlas
+    misses are not read as occlusion (docs/method.md §2.3). A mover: every valid adjacent
+    match disagrees by more than `refine.motion_occluder_px`."""
     position_set: Literal["roi", "frame"] = "roi"
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
@@ -289,6 +295,12 @@ class RefineSettings:
     valid match to the reference frame explains."""
     occluded_factor: float = 2.0
     """Multiple of `colour_threshold` above which a candidate pixel counts as occluded."""
+    motion_surface_px: float = 0.75
+    """[OURS] An adjacent match whose surface positions agree within this many atlas pixels
+    is evidence of the surface (`evidence.py`)."""
+    motion_occluder_px: float = 2.0
+    """[OURS] Adjacent matches whose surface positions disagree by more than this many atlas
+    pixels in every valid direction are evidence of an occluder (it moves, not as the surface)."""
     lr_hash: float = 5e-2
     """Adam learning rate of M's hash table."""
     lr_mlp: float = 5e-4
@@ -297,6 +309,11 @@ class RefineSettings:
     def __post_init__(self) -> None:
         _require(self.iterations >= 0, "refine.iterations", "must be >= 0")
         _require(self.colour_threshold > 0, "refine.colour_threshold", "must be > 0")
+        _require(
+            0 < self.motion_surface_px < self.motion_occluder_px,
+            "refine.motion_surface_px",
+            "must be > 0 and < refine.motion_occluder_px",
+        )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import colour, synth
+from rna_engine import colour, evidence, synth
 from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
 from rna_engine.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
@@ -89,21 +89,21 @@ def atlas_psnr(result_or_fitter: Any, case: Case) -> float:
 
 
 @pytest.fixture(scope="module")
-def fitted(case: Case) -> tuple[FitResult, float]:
+def fitted(case: Case) -> tuple[FitResult, float, Fitter]:
     fitter = _fitter(case)
     before = atlas_psnr(fitter, case)
-    return fitter.run(), before
+    return fitter.run(), before, fitter
 
 
 def test_reconstruction_improves_and_is_accurate(case: Case, fitted: tuple) -> None:
-    result, before = fitted
+    result, before, _ = fitted
     after = atlas_psnr(result, case)
     assert after >= before + 10.0
     assert after > 28.0
 
 
 def test_mask_matches_true_occlusion(case: Case, fitted: tuple) -> None:
-    result, _ = fitted
+    result, _, _ = fitted
     h, w = case.tensors.height, case.tensors.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     ious = []
@@ -120,7 +120,7 @@ def test_mask_matches_true_occlusion(case: Case, fitted: tuple) -> None:
 
 
 def test_reference_frame_alignment_below_one_pixel(case: Case, fitted: tuple) -> None:
-    result, _ = fitted
+    result, _, _ = fitted
     h, w = case.tensors.height, case.tensors.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     q = query_fields(result, xs.reshape(-1), ys.reshape(-1), case.shot.reference_index)
@@ -128,6 +128,34 @@ def test_reference_frame_alignment_below_one_pixel(case: Case, fitted: tuple) ->
     inside = case.tensors.roi.reshape(-1) > 0.5
     error = (px - torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))[inside].norm(dim=1)
     assert float(error.mean()) < 1.0
+
+
+def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: tuple) -> None:
+    """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
+    ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""
+    _, _, fitter = fitted
+    pred, cand, res_fwd, res_bwd = fitter._prediction_and_candidates()
+    rs = case.settings.refine
+    sets = evidence.refine_sets(
+        cand,
+        (pred - case.tensors.frames).abs().mean(1),
+        case.tensors.corr.ref_valid.bool(),
+        res_fwd,
+        res_bwd,
+        rs.colour_threshold,
+        rs.occluded_factor,
+        rs.motion_surface_px,
+        rs.motion_occluder_px,
+    )
+    tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
+    hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
+    visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
+    occ, surf = sets.occluder & tracked, sets.surface & tracked
+    assert int(hidden.sum()) > 100
+    assert float((occ & hidden).sum() / occ.sum()) >= 0.9
+    assert float((occ & hidden).sum() / hidden.sum()) >= 0.6
+    assert float((surf & visible).sum() / surf.sum()) >= 0.98
+    assert float((surf & visible).sum() / visible.sum()) >= 0.9
 
 
 def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> None:
