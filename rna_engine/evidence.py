@@ -1,17 +1,17 @@
-"""Evidence of an occluder, and of the surface, for the mask refinement (docs/method.md §5.2).
+"""Evidence of an occluder, and of the surface, for the matte (docs/method.md §2.3, §5.2).
 
-The reconstruction term of Eq. 9 lowers M wherever the atlas misses the plate: on real footage
+The reconstruction term of Eq. 9 lowers M wherever the atlas misses the plate. On real footage
 that is water, reflections, light the shade does not follow and small geometric drift as much
-as an occluder. Here M may only go to 0 where something says an occluder is there:
+as an occluder; on `blackswan` it emptied the matte over open water. Here the candidate set Ω
+(the ROI carried to the frame) is the surface by default, and M goes to 0 only where an
+occluder is evidenced: the atlas misses by more than ε·`occluded_factor` *and* nothing ties the
+pixel to the surface — no valid reference match, no adjacent match that follows the surface
+(‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`).
 
-- **motion**: an adjacent match p → q (F_{t→t±1}, cycle-checked) whose surface positions
-  disagree, ‖T_{t±1}(q) − T_t(p)‖ above `motion_occluder_px`, in every valid direction: the
-  pixel moves, but not as the surface under it does;
-- **appearance**: the atlas misses by more than ε·`occluded_factor` *and* nothing ties the pixel
-  to the surface (no valid reference match, no surface-consistent adjacent match).
-
-Evidence of the surface is the mirror: an error under ε, a valid reference match, or an
-adjacent match that follows the surface within `motion_surface_px`. Pure tensor functions.
+Motion alone is not taken as evidence of an occluder: water and reflections move against the
+surface they lie on (measured on `blackswan`, H200: with motion as evidence the matte covered
+23 % of the open water on the worst frame). A mover (every valid adjacent match disagrees by
+more than `motion_occluder_px`) only loses the surface's protection. Pure tensor functions.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class RefineSets:
     """Per-pixel sets of the refinement, (N, H, W) bool each."""
 
     surface: Tensor
-    """N: candidates with evidence of the surface and none of an occluder (M → 1)."""
+    """N: candidates without evidence of an occluder (M → 1)."""
     occluder: Tensor
     """O: candidates with evidence of an occluder (M → 0)."""
     rgb_on: Tensor
@@ -56,20 +56,26 @@ def refine_sets(
     colour_threshold: float,
     occluded_factor: float,
     surface_px: float,
-    occluder_px: float,
 ) -> RefineSets:
     """The refinement's sets from the candidate set Ω, the atlas error and the evidence.
 
     cand, ref_valid: (N, H, W) bool; err: (N, H, W) mean-abs error of S·A against the plate;
     res_fwd, res_bwd: `motion_residual` forward and backward (+inf where not valid).
     """
-    any_valid = torch.isfinite(res_fwd) | torch.isfinite(res_bwd)
-    # Every valid direction disagrees with the surface (one bad flow at an edge is not enough).
-    moving = any_valid & (res_fwd > occluder_px) & (res_bwd > occluder_px)
-    follows = (res_fwd < surface_px) | (res_bwd < surface_px)
     explained = err < colour_threshold
-    unexplained = (err > colour_threshold * occluded_factor) & ~ref_valid & ~follows
-    occluder = cand & (moving | unexplained)
-    surface = cand & ~occluder & (explained | ref_valid | follows)
+    tied = ref_valid | follows(res_fwd, res_bwd, surface_px)
+    occluder = cand & (err > colour_threshold * occluded_factor) & ~tied
+    surface = cand & ~occluder
     rgb_on = ~cand | occluder | explained
     return RefineSets(surface=surface, occluder=occluder, rgb_on=rgb_on)
+
+
+def follows(res_fwd: Tensor, res_bwd: Tensor, surface_px: float) -> Tensor:
+    """An adjacent match (either direction) follows the surface within `surface_px`."""
+    return (res_fwd < surface_px) | (res_bwd < surface_px)
+
+
+def moving(res_fwd: Tensor, res_bwd: Tensor, occluder_px: float) -> Tensor:
+    """Every valid adjacent match disagrees with the surface by more than `occluder_px`."""
+    any_valid = torch.isfinite(res_fwd) | torch.isfinite(res_bwd)
+    return any_valid & (res_fwd > occluder_px) & (res_bwd > occluder_px)

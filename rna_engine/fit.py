@@ -546,10 +546,12 @@ class Fitter:
         atlas = model.atlas(uv_p)
         shade = model.shade(uv_p.detach(), xyt[:b, 2])
         px = geo.half_rez
-        m_rgb = self._guarded_mask(m_p, uv_p, uv_f, uv_b, fwd_ok, bwd_ok, ref_ok * (1 - is_ref))
+        shaded = model.shaded(shade, atlas, xyt[:b, 2])
+        m_rgb = self._guarded_mask(
+            m_p, shaded, colour, (uv_p, uv_f, uv_b), fwd_ok, bwd_ok, ref_ok * (1 - is_ref)
+        )
         terms = {
-            "rgb": w.rgb
-            * losses.reconstruction(m_rgb, model.shaded(shade, atlas, xyt[:b, 2]), colour),
+            "rgb": w.rgb * losses.reconstruction(m_rgb, shaded, colour),
             "bootstrap": w.bootstrap
             * boot_on
             * losses.bce(m_p, corr.bootstrap[t, y, x].float()).mean(),
@@ -584,31 +586,30 @@ class Fitter:
     def _guarded_mask(
         self,
         m_p: Tensor,
-        uv_p: Tensor,
-        uv_f: Tensor,
-        uv_b: Tensor,
+        shaded: Tensor,
+        colour: Tensor,
+        uvs: tuple[Tensor, Tensor, Tensor],
         fwd_ok: Tensor,
         bwd_ok: Tensor,
         ref_ok: Tensor,
     ) -> Tensor:
-        """M as the reconstruction term sees it: detached on samples with evidence of the
-        surface and none of an occluder (`fit.evidence_guard`, docs/method.md §2.3), so the
-        term trains the atlas there but cannot lower M."""
+        """M as the reconstruction term sees it (`fit.evidence_guard`, docs/method.md §2.3):
+        detached, so the term trains the atlas but cannot lower M, on samples the atlas roughly
+        explains (error < ε·`occluded_factor`) or a match ties to the surface, unless every
+        valid adjacent match says the pixel moves against the surface. `uvs`: T at p, at its
+        forward and at its backward match."""
         if not self.fit.evidence_guard:
             return m_p
         rs = self.refine_settings
+        uv_p, uv_f, uv_b = uvs
         with torch.no_grad():
             px = self.geometry.half_rez
-            d_f = torch.linalg.vector_norm(uv_f - uv_p, dim=1) * px
-            d_b = torch.linalg.vector_norm(uv_b - uv_p, dim=1) * px
-            f_ok, b_ok = fwd_ok > 0, bwd_ok > 0
-            follows = (f_ok & (d_f < rs.motion_surface_px)) | (b_ok & (d_b < rs.motion_surface_px))
-            moving = (
-                (f_ok | b_ok)
-                & (~f_ok | (d_f > rs.motion_occluder_px))
-                & (~b_ok | (d_b > rs.motion_occluder_px))
-            )
-            protect = ((ref_ok > 0) | follows) & ~moving
+            inf = torch.full_like(m_p, float("inf"))
+            d_f = torch.where(fwd_ok > 0, torch.linalg.vector_norm(uv_f - uv_p, dim=1) * px, inf)
+            d_b = torch.where(bwd_ok > 0, torch.linalg.vector_norm(uv_b - uv_p, dim=1) * px, inf)
+            explained = (shaded - colour).abs().mean(1) < rs.colour_threshold * rs.occluded_factor
+            tied = (ref_ok > 0) | evidence.follows(d_f, d_b, rs.motion_surface_px)
+            protect = (tied | explained) & ~evidence.moving(d_f, d_b, rs.motion_occluder_px)
         return torch.where(protect, m_p.detach(), m_p)
 
     def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -750,7 +751,6 @@ class Fitter:
             rs.colour_threshold,
             rs.occluded_factor,
             rs.motion_surface_px,
-            rs.motion_occluder_px,
         )
         del err, res_fwd, res_bwd
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on

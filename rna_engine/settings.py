@@ -293,14 +293,16 @@ class RefineSettings:
     weight_occluded: float = 0.05
     """[OURS] Weight of M² on candidates neither the atlas (error > ε·occluded_factor) nor a
     valid match to the reference frame explains."""
-    occluded_factor: float = 2.0
-    """Multiple of `colour_threshold` above which a candidate pixel counts as occluded."""
+    occluded_factor: float = 4.0
+    """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
+    surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real
+    clips miss the atlas by 0.05–0.1."""
     motion_surface_px: float = 0.75
     """[OURS] An adjacent match whose surface positions agree within this many atlas pixels
-    is evidence of the surface (`evidence.py`)."""
+    ties the pixel to the surface (`evidence.py`)."""
     motion_occluder_px: float = 2.0
     """[OURS] Adjacent matches whose surface positions disagree by more than this many atlas
-    pixels in every valid direction are evidence of an occluder (it moves, not as the surface)."""
+    pixels in every valid direction make a mover: `fit.evidence_guard` does not protect it."""
     lr_hash: float = 5e-2
     """Adam learning rate of M's hash table."""
     lr_mlp: float = 5e-4

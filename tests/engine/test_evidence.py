@@ -38,11 +38,11 @@ def _sets(**over: torch.Tensor) -> evidence.RefineSets:
     n = torch.ones(1, 1, 7, dtype=torch.bool)
     inf = float("inf")
     # Columns: 0 explained; 1 high error, follows the surface; 2 high error, no evidence;
-    # 3 middle error, no evidence; 4 moves against the surface with a valid reference match;
-    # 5 one direction follows, one disagrees; 6 not a candidate (high error).
+    # 3 middle error, no evidence; 4 high error, moves against the surface, valid reference
+    # match; 5 high error, one direction follows, one disagrees; 6 not a candidate.
     args = {
         "cand": n.clone(),
-        "err": torch.tensor([[[0.01, 0.2, 0.2, 0.04, 0.01, 0.2, 0.2]]]),
+        "err": torch.tensor([[[0.01, 0.2, 0.2, 0.04, 0.2, 0.2, 0.2]]]),
         "ref_valid": torch.tensor([[[True, False, False, False, True, False, False]]]),
         "res_fwd": torch.tensor([[[0.1, 0.2, inf, inf, 5.0, 0.3, inf]]]),
         "res_bwd": torch.tensor([[[inf, inf, inf, inf, 4.0, 6.0, inf]]]),
@@ -50,17 +50,27 @@ def _sets(**over: torch.Tensor) -> evidence.RefineSets:
     args["cand"][..., 6] = False
     args.update(over)
     return evidence.refine_sets(
-        **args, colour_threshold=0.025, occluded_factor=2.0, surface_px=0.75, occluder_px=2.0
+        **args, colour_threshold=0.025, occluded_factor=2.0, surface_px=0.75
     )
 
 
 def test_refine_sets_need_evidence_to_lower_the_matte() -> None:
     sets = _sets()
-    assert sets.surface[0, 0].tolist() == [True, True, False, False, False, True, False]
-    assert sets.occluder[0, 0].tolist() == [False, False, True, False, True, False, False]
+    # Only a large error that nothing ties to the surface is an occluder; motion against the
+    # surface is not (water and reflections move so).
+    assert sets.occluder[0, 0].tolist() == [False, False, True, False, False, False, False]
+    assert sets.surface[0, 0].tolist() == [True, True, False, True, True, True, False]
     # The reconstruction term: on the occluder, on explained pixels and off the candidates;
-    # never where the surface is evidenced but the atlas misses (1, 5) or nothing decides (3).
-    assert sets.rgb_on[0, 0].tolist() == [True, False, True, False, True, False, True]
+    # never where the atlas misses a candidate that is not evidenced as an occluder.
+    assert sets.rgb_on[0, 0].tolist() == [True, False, True, False, False, False, True]
+
+
+def test_a_mover_is_every_valid_direction_disagreeing() -> None:
+    inf = float("inf")
+    fwd = torch.tensor([5.0, 5.0, inf, 0.5, inf])
+    bwd = torch.tensor([4.0, inf, 3.0, 6.0, inf])
+    assert evidence.moving(fwd, bwd, 2.0).tolist() == [True, True, True, False, False]
+    assert evidence.follows(fwd, bwd, 0.75).tolist() == [False, False, False, True, False]
 
 
 def test_sets_are_disjoint_and_inside_the_candidates() -> None:

@@ -145,7 +145,6 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
         rs.colour_threshold,
         rs.occluded_factor,
         rs.motion_surface_px,
-        rs.motion_occluder_px,
     )
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
