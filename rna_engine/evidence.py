@@ -48,22 +48,14 @@ def motion_residual(uv_a: Tensor, uv_b: Tensor, flow_ab: Tensor, valid: Tensor) 
 
 
 def refine_sets(
-    cand: Tensor,
-    err: Tensor,
-    ref_valid: Tensor,
-    res_fwd: Tensor,
-    res_bwd: Tensor,
-    colour_threshold: float,
-    occluded_factor: float,
-    surface_px: float,
+    cand: Tensor, err: Tensor, tied: Tensor, colour_threshold: float, occluded_factor: float
 ) -> RefineSets:
-    """The refinement's sets from the candidate set Ω, the atlas error and the evidence.
+    """The refinement's sets from the candidate set Ω, the atlas error and the ties.
 
-    cand, ref_valid: (N, H, W) bool; err: (N, H, W) mean-abs error of S·A against the plate;
-    res_fwd, res_bwd: `motion_residual` forward and backward (+inf where not valid).
+    cand: (N, H, W) bool Ω; err: (N, H, W) mean-abs error of S·A against the plate; tied:
+    (N, H, W) bool, a valid reference match or an adjacent match that `follows` the surface.
     """
     explained = err < colour_threshold
-    tied = ref_valid | follows(res_fwd, res_bwd, surface_px)
     occluder = cand & (err > colour_threshold * occluded_factor) & ~tied
     surface = cand & ~occluder
     rgb_on = ~cand | occluder | explained

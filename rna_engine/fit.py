@@ -421,6 +421,14 @@ class Fitter:
         static: tuple[Tensor, dict[str, Tensor]] | None = None
         step = start
         if self.use_graph and total - start > 8:
+            # Warm-up on a side stream is what CUDA graph capture requires; the gradient
+            # accumulators it creates then sit on that stream, and PyTorch warns about the
+            # (intended, harmless) stream mismatch on every capture.
+            quiet = getattr(
+                torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None
+            )
+            if quiet is not None:
+                quiet(False)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
@@ -668,10 +676,10 @@ class Fitter:
     # Stage 3: mask refinement
 
     @torch.no_grad()
-    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """S·A(T(p)) for every pixel (N, 3, H, W), the candidate set Ω (N, H, W) bool and the
-        motion residuals of the adjacent matches forward and backward (N, H, W) float16
-        (`evidence.motion_residual`, +inf where a match is not valid).
+    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor, Tensor]:
+        """S·A(T(p)) for every pixel (N, 3, H, W), the candidate set Ω (N, H, W) bool, and
+        where an adjacent match follows the surface (N, H, W) bool (`evidence.follows` of the
+        forward and backward `evidence.motion_residual`, within `refine.motion_surface_px`).
 
         Ω (docs/method.md §5.1): the reference ROI splatted into atlas space through T on the
         reference frame (max-combined, no lost duplicates: a fix of docs/method.md §8.2), then pulled back
@@ -698,9 +706,8 @@ class Fitter:
         footprint = footprint.reshape(1, h, w)
         pred = torch.empty(n, 3, h, w, device=self.device)
         cand = torch.empty(n, h, w, dtype=torch.bool, device=self.device)
-        inf = float("inf")
-        res_fwd = torch.full((n, h, w), inf, dtype=torch.float16, device=self.device)
-        res_bwd = torch.full((n, h, w), inf, dtype=torch.float16, device=self.device)
+        follows = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
+        near = self.refine_settings.motion_surface_px
         corr = shot.corr
         prev: Tensor | None = None
         for t in range(n):
@@ -712,12 +719,12 @@ class Fitter:
             p = geo.uv_to_px(uv)
             here = p.T.reshape(2, h, w).contiguous()
             if prev is not None:
-                res_fwd[t - 1] = evidence.motion_residual(
+                fwd = evidence.motion_residual(
                     prev, here, corr.fwd[t - 1], corr.fwd_valid[t - 1].bool()
-                ).clamp_max(6e4)
-                res_bwd[t] = evidence.motion_residual(
-                    here, prev, corr.bwd[t], corr.bwd_valid[t].bool()
-                ).clamp_max(6e4)
+                )
+                follows[t - 1] |= fwd < near
+                bwd = evidence.motion_residual(here, prev, corr.bwd[t], corr.bwd_valid[t].bool())
+                follows[t] |= bwd < near
             prev = here
             cand[t] = (
                 _sample_bilinear(
@@ -725,10 +732,7 @@ class Fitter:
                 )
                 > 0.5
             ).reshape(h, w)
-        # fp16 keeps +inf (no valid match) apart from the clamped distances.
-        res_fwd[~corr.fwd_valid.bool()] = inf
-        res_bwd[~corr.bwd_valid.bool()] = inf
-        return pred, cand, res_fwd, res_bwd
+        return pred, cand, follows
 
     def refine(self, start: int = 0) -> None:
         """M-only refinement (docs/method.md §5, Eqs. 9–10)."""
@@ -736,7 +740,7 @@ class Fitter:
         if total <= 0:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
-        pred, cand, res_fwd, res_bwd = self._prediction_and_candidates()
+        pred, cand, follows = self._prediction_and_candidates()
         err = (pred - shot.frames).abs().mean(1)
         # [OURS] M goes to 0 only on evidence of an occluder (motion that disagrees with the
         # surface's, or an appearance that neither the atlas nor any match explains) and is
@@ -745,14 +749,11 @@ class Fitter:
         sets = evidence.refine_sets(
             cand,
             err,
-            shot.corr.ref_valid.bool(),
-            res_fwd,
-            res_bwd,
+            shot.corr.ref_valid.bool() | follows,
             rs.colour_threshold,
             rs.occluded_factor,
-            rs.motion_surface_px,
         )
-        del err, res_fwd, res_bwd
+        del err, follows
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),

@@ -134,22 +134,22 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
     ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""
     _, _, fitter = fitted
-    pred, cand, res_fwd, res_bwd = fitter._prediction_and_candidates()
+    pred, cand, follows = fitter._prediction_and_candidates()
     rs = case.settings.refine
     sets = evidence.refine_sets(
         cand,
         (pred - case.tensors.frames).abs().mean(1),
-        case.tensors.corr.ref_valid.bool(),
-        res_fwd,
-        res_bwd,
+        case.tensors.corr.ref_valid.bool() | follows,
         rs.colour_threshold,
         rs.occluded_factor,
-        rs.motion_surface_px,
     )
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
     visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
     occ, surf = sets.occluder & tracked, sets.surface & tracked
+    # The fitted T moves with the surface: adjacent matches on visible pixels follow it.
+    assert float((follows & visible).sum() / visible.sum()) >= 0.8
+    assert float((follows & hidden).sum() / hidden.sum()) <= 0.2
     assert int(hidden.sum()) > 100
     assert float((occ & hidden).sum() / occ.sum()) >= 0.9
     assert float((occ & hidden).sum() / hidden.sum()) >= 0.6

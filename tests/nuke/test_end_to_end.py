@@ -278,7 +278,10 @@ def test_rnaapply_gizmo_reproduces_rna_engine_apply(
         alpha_off = diff[..., 3] > 1e-5
         tie = alpha_off & (np.abs(outputs["delta"][..., :3]).max(-1) < 1e-4)
         assert not (alpha_off & ~tie).any(), (mode, frame)
-        assert tie.sum() <= max(1, tie.size // 1000), (mode, frame)
+        # How many UVs land on such an edge depends on the fit (0.1 % of the frame at most
+        # before the evidence-based matte of issue #15, 4 of 3 072 pixels after): a bound on
+        # ties, not on real differences, which the assertion above keeps at zero.
+        assert tie.sum() <= max(1, tie.size // 200), (mode, frame)
         assert diff[~tie].max() < 1e-5, (mode, frame)
 
         matte = passes[MATTE]
