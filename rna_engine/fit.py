@@ -106,6 +106,11 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     steps_per_s: dict[str, float] = field(default_factory=dict)
+    evidence: list[dict[str, float | None]] = field(default_factory=list)
+    """Per frame index, at the start of the refinement (`Fitter.refine`): the share of the
+    candidate set Ω with M > 0.5 after the joint fit (`mask_joint`), evidenced as an occluder
+    (`occluder_evidence`) and tied to the surface by a match (`surface_tied`); None where Ω is
+    empty. Kept in the checkpoint; empty when the refinement is off."""
 
 
 def atlas_box_for(roi: Tensor, geometry: Geometry, margin: float = 0.25) -> tuple[float, ...]:
@@ -272,6 +277,7 @@ class Fitter:
         self.history: list[dict[str, float]] = []
         self.timings_s: dict[str, float] = {}
         self.steps_per_s: dict[str, float] = {}
+        self.evidence: list[dict[str, float | None]] = []
         n = shot.n_frames
         self.pretrain_steps = scaled_steps(fit.pretrain_steps, n, fit.scale_with_shot)
         self.iterations = scaled_steps(fit.iterations, n, fit.scale_with_shot)
@@ -312,6 +318,7 @@ class Fitter:
             else torch.cuda.get_rng_state(self.device),
             "history": self.history,
             "timings_s": self.timings_s,
+            "evidence": self.evidence,
         }
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
@@ -344,6 +351,7 @@ class Fitter:
             torch.cuda.set_rng_state(state["generator"].cpu(), self.device)
         self.history = list(state.get("history", []))
         self.timings_s = dict(state.get("timings_s", {}))
+        self.evidence = list(state.get("evidence", []))
         log.info("resuming fit from %s step %d", state["stage"], state["step"])
         return state
 
@@ -707,6 +715,7 @@ class Fitter:
         pred = torch.empty(n, 3, h, w, device=self.device)
         cand = torch.empty(n, h, w, dtype=torch.bool, device=self.device)
         follows = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
+        joint = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
         near = self.refine_settings.motion_surface_px
         corr = shot.corr
         prev: Tensor | None = None
@@ -732,6 +741,8 @@ class Fitter:
                 )
                 > 0.5
             ).reshape(h, w)
+            joint[t] = (model.mask(xyt).reshape(h, w) > 0.5) & cand[t]
+        self._joint_mask_px = joint.sum((1, 2))
         return pred, cand, follows
 
     def refine(self, start: int = 0) -> None:
@@ -741,6 +752,7 @@ class Fitter:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
         pred, cand, follows = self._prediction_and_candidates()
+        tied = shot.corr.ref_valid.bool() | follows
         err = (pred - shot.frames).abs().mean(1)
         # [OURS] M goes to 0 only on evidence of an occluder (motion that disagrees with the
         # surface's, or an appearance that neither the atlas nor any match explains) and is
@@ -749,11 +761,12 @@ class Fitter:
         sets = evidence.refine_sets(
             cand,
             err,
-            shot.corr.ref_valid.bool() | follows,
+            tied,
             rs.colour_threshold,
             rs.occluded_factor,
         )
-        del err, follows
+        self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
+        del err, follows, tied
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),
@@ -842,7 +855,25 @@ class Fitter:
             self.history,
             self.timings_s,
             self.steps_per_s,
+            self.evidence,
         )
+
+
+def _evidence_shares(
+    cand: Tensor, joint_px: Tensor, occluder: Tensor, tied: Tensor
+) -> list[dict[str, float | None]]:
+    """`FitResult.evidence` from the refinement's maps (one host transfer)."""
+    area = cand.sum((1, 2))
+    counts = torch.stack(
+        [joint_px, (occluder & cand).sum((1, 2)), (tied & cand).sum((1, 2)), area], 1
+    ).cpu()
+    out: list[dict[str, float | None]] = []
+    for j, o, s, a in counts.tolist():
+        keys = ("mask_joint", "occluder_evidence", "surface_tied")
+        out.append(
+            {k: (round(v / a, 4) if a else None) for k, v in zip(keys, (j, o, s), strict=True)}
+        )
+    return out
 
 
 def validate_shot(roi: Tensor, n_frames: int, reference_index: int, where: str = "roi") -> None:

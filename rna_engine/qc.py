@@ -113,6 +113,8 @@ def write_qc(
         m["matte_coverage"] = None if matte_coverage[t] is None else round(matte_coverage[t], 4)
         anchored = shot.corr.anchored
         m["camera_anchored"] = None if anchored is None else bool(anchored[t])
+        if result.evidence:
+            m.update(result.evidence[t])
         per_frame.append({"frame": data.frame_numbers[t], **m})
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
     found = findings(per_frame, data.frame_numbers, spec.settings.qc)

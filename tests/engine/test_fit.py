@@ -130,6 +130,25 @@ def test_reference_frame_alignment_below_one_pixel(case: Case, fitted: tuple) ->
     assert float(error.mean()) < 1.0
 
 
+def test_fit_reports_the_matte_evidence_per_frame(case: Case, fitted: tuple) -> None:
+    """`FitResult.evidence`: per frame, the occluder evidence follows the true occlusion."""
+    result, _, _ = fitted
+    n = case.tensors.n_frames
+    assert len(result.evidence) == n
+    r = case.shot.reference_index
+    assert result.evidence[r]["occluder_evidence"] == 0.0
+    assert result.evidence[r]["mask_joint"] >= 0.9
+    hidden = [
+        float(((case.shot.occlusion[t] > 0.5) & (case.shot.roi_tracked[t] > 0.5)).sum())
+        / max(float((case.shot.roi_tracked[t] > 0.5).sum()), 1.0)
+        for t in range(n)
+    ]
+    occ = [e["occluder_evidence"] for e in result.evidence]
+    assert all(0.0 <= o <= 1.0 for o in occ)
+    # More occluder evidence where more of the tracked ROI is truly hidden.
+    assert float(np.corrcoef(hidden, occ)[0, 1]) > 0.8
+
+
 def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: tuple) -> None:
     """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
     ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""

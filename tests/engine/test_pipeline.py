@@ -101,6 +101,11 @@ def test_cache_layout_and_headers(built: dict) -> None:
         assert p.display_window == (0, 0, 64, 48)
     report = json.loads((paths.qc_dir / "report.json").read_text())
     assert len(report["frames"]) == shot.n_frames and report["psnr_atlas_mean"] > 28
+    ref = report["frames"][shot.reference_index]
+    assert ref["occluder_evidence"] == 0.0 and ref["mask_joint"] > 0.9
+    assert all(
+        0 <= f["surface_tied"] <= 1 for f in report["frames"] if f["surface_tied"] is not None
+    )
     assert report["peak_gpu_memory_mib"] is None and report["peak_gpu_mib_by_stage"] == {}
     assert (paths.qc_dir / "contact.png").stat().st_size > 1000
     build = json.loads(paths.build_json.read_text())
