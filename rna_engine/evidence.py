@@ -4,7 +4,8 @@ The reconstruction term of Eq. 9 lowers M wherever the atlas misses the plate. O
 that is water, reflections, light the shade does not follow and small geometric drift as much
 as an occluder; on `blackswan` it emptied the matte over open water. Here the candidate set Ω
 (the ROI carried to the frame) is the surface by default, and M goes to 0 only where an
-occluder is evidenced: the atlas misses by more than ε·`occluded_factor` *and* nothing ties the
+occluder is evidenced: the atlas misses by more than a threshold (ε·`occluded_factor`, raised on
+frames where the surely visible surface misses it too: `occluder_threshold`) *and* nothing ties the
 pixel to the surface — no valid reference match, no adjacent match that follows the surface
 (‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`).
 
@@ -47,16 +48,47 @@ def motion_residual(uv_a: Tensor, uv_b: Tensor, flow_ab: Tensor, valid: Tensor) 
     return torch.where(valid, dist, torch.full_like(dist, float("inf")))
 
 
+def occluder_threshold(
+    cand: Tensor,
+    err: Tensor,
+    tied: Tensor,
+    floor: float,
+    quantile: float,
+    margin: float,
+    min_px: int = 200,
+) -> Tensor:
+    """Per frame (N,): the error above which an untied candidate counts as an occluder.
+
+    `floor` (ε·`occluded_factor`), raised to `margin` × the `quantile` of the error on the
+    frame's tied candidates (pixels a match puts on the surface): on a frame where even the
+    surely visible surface misses the atlas by that much (water, a light change), so may the
+    rest of it. Frames with fewer than `min_px` tied candidates, or `quantile` 0, keep `floor`.
+    """
+    n = err.shape[0]
+    out = torch.full((n,), floor, device=err.device)
+    if quantile <= 0:
+        return out
+    for t in range(n):
+        sure = err[t][cand[t] & tied[t]]
+        if sure.numel() >= min_px:
+            q = torch.quantile(sure.float()[: 1 << 24], quantile)
+            out[t] = torch.clamp(q * margin, min=floor)
+    return out
+
+
 def refine_sets(
-    cand: Tensor, err: Tensor, tied: Tensor, colour_threshold: float, occluded_factor: float
+    cand: Tensor, err: Tensor, tied: Tensor, colour_threshold: float, threshold: Tensor | float
 ) -> RefineSets:
     """The refinement's sets from the candidate set Ω, the atlas error and the ties.
 
     cand: (N, H, W) bool Ω; err: (N, H, W) mean-abs error of S·A against the plate; tied:
-    (N, H, W) bool, a valid reference match or an adjacent match that `follows` the surface.
+    (N, H, W) bool, a valid reference match or an adjacent match that `follows` the surface;
+    threshold: the occluder error, a number or per frame (N,) (`occluder_threshold`).
     """
+    if isinstance(threshold, Tensor):
+        threshold = threshold[:, None, None]
     explained = err < colour_threshold
-    occluder = cand & (err > colour_threshold * occluded_factor) & ~tied
+    occluder = cand & (err > threshold) & ~tied
     surface = cand & ~occluder
     rgb_on = ~cand | occluder | explained
     return RefineSets(surface=surface, occluder=occluder, rgb_on=rgb_on)

@@ -763,7 +763,14 @@ class Fitter:
             err,
             tied,
             rs.colour_threshold,
-            rs.occluded_factor,
+            evidence.occluder_threshold(
+                cand,
+                err,
+                tied,
+                rs.colour_threshold * rs.occluded_factor,
+                rs.occluded_quantile,
+                rs.occluded_margin,
+            ),
         )
         self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
         del err, follows, tied

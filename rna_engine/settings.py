@@ -297,6 +297,12 @@ class RefineSettings:
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real
     clips miss the atlas by 0.05–0.1."""
+    occluded_quantile: float = 0.95
+    """[OURS] Per frame, the occluder threshold is raised to `occluded_margin` × this quantile
+    of the error on candidates a match ties to the surface (`evidence.occluder_threshold`;
+    0 = off, the fixed ε·`occluded_factor`)."""
+    occluded_margin: float = 1.5
+    """Multiple of that quantile."""
     motion_surface_px: float = 0.75
     """[OURS] An adjacent match whose surface positions agree within this many atlas pixels
     ties the pixel to the surface (`evidence.py`)."""
@@ -311,6 +317,8 @@ class RefineSettings:
     def __post_init__(self) -> None:
         _require(self.iterations >= 0, "refine.iterations", "must be >= 0")
         _require(self.colour_threshold > 0, "refine.colour_threshold", "must be > 0")
+        _require(0 <= self.occluded_quantile < 1, "refine.occluded_quantile", "must be in [0, 1)")
+        _require(self.occluded_margin >= 1, "refine.occluded_margin", "must be >= 1")
         _require(
             0 < self.motion_surface_px < self.motion_occluder_px,
             "refine.motion_surface_px",

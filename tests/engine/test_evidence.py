@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rna_engine import evidence
@@ -43,7 +44,7 @@ def _sets(**over: torch.Tensor) -> evidence.RefineSets:
         "tied": torch.tensor([[[False, True, False, False, False]]]),
     }
     args.update(over)
-    return evidence.refine_sets(**args, colour_threshold=0.025, occluded_factor=4.0)
+    return evidence.refine_sets(**args, colour_threshold=0.025, threshold=0.1)
 
 
 def test_refine_sets_need_evidence_to_lower_the_matte() -> None:
@@ -72,3 +73,30 @@ def test_sets_are_disjoint_and_inside_the_candidates() -> None:
     assert not bool((sets.surface & sets.occluder).any())
     assert not bool(((sets.surface | sets.occluder) & ~cand).any())
     assert bool(sets.rgb_on[~cand].all())
+
+
+def test_the_occluder_threshold_rises_on_frames_where_the_visible_surface_misses_the_atlas() -> (
+    None
+):
+    torch.manual_seed(0)
+    shape = (2, 40, 40)
+    cand = torch.ones(shape, dtype=torch.bool)
+    tied = torch.zeros(shape, dtype=torch.bool)
+    tied[:, :20] = True
+    err = torch.rand(shape) * 0.02  # frame 0: the tied surface is explained to < 0.02
+    err[1, :20] = 0.05 + torch.rand(20, 40) * 0.05  # frame 1: water, 0.05-0.1 on tied pixels
+    err[:, 30:, :] = 0.12  # untied, missing the atlas by 0.12 on both frames
+    thr = evidence.occluder_threshold(cand, err, tied, 0.1, 0.95, 1.5)
+    assert float(thr[0]) == pytest.approx(0.1)  # the floor
+    assert 0.14 <= float(thr[1]) <= 0.15  # 1.5 × the 95 % quantile of U(0.05, 0.1)
+    sets = evidence.refine_sets(cand, err, tied, 0.025, thr)
+    assert bool(sets.occluder[0, 30:].all()) and not bool(sets.occluder[1].any())
+    # Off, or too few tied pixels: the floor.
+    assert torch.allclose(
+        evidence.occluder_threshold(cand, err, tied, 0.1, 0.0, 1.5), thr[:1] * 0 + 0.1
+    )
+    few = torch.zeros(shape, dtype=torch.bool)
+    few[:, 0, :5] = True
+    assert torch.allclose(
+        evidence.occluder_threshold(cand, err, few, 0.1, 0.95, 1.5), thr[:1] * 0 + 0.1
+    )

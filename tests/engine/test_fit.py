@@ -155,13 +155,13 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     _, _, fitter = fitted
     pred, cand, follows = fitter._prediction_and_candidates()
     rs = case.settings.refine
-    sets = evidence.refine_sets(
-        cand,
-        (pred - case.tensors.frames).abs().mean(1),
-        case.tensors.corr.ref_valid.bool() | follows,
-        rs.colour_threshold,
-        rs.occluded_factor,
+    err = (pred - case.tensors.frames).abs().mean(1)
+    tied = case.tensors.corr.ref_valid.bool() | follows
+    floor = rs.colour_threshold * rs.occluded_factor
+    thr = evidence.occluder_threshold(
+        cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
     )
+    sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, thr)
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
     visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
