@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .flow import warp
@@ -76,19 +77,49 @@ def occluder_threshold(
     return out
 
 
+def reference_landing(roi: Tensor, ref_flow: Tensor, ref_valid: Tensor, margin_px: int) -> Tensor:
+    """Where each pixel's valid reference match lands, (N, H, W) int8: 1 inside the reference
+    ROI, −1 outside it grown by `margin_px`, 0 near its edge or without a valid match.
+
+    A valid match that lands outside the ROI ties the pixel to something that was not the ROI's
+    surface at the reference frame: an occluder matched to itself (measured on `blackswan`: 62–80 %
+    of the swan's pixels have a valid reference match, landing on the swan).
+    """
+    inside = roi.float()[None, None]
+    grown = F.max_pool2d(inside, 2 * margin_px + 1, stride=1, padding=margin_px)
+    out = torch.zeros(ref_valid.shape, dtype=torch.int8, device=roi.device)
+    for t in range(ref_valid.shape[0]):
+        flow = ref_flow[t : t + 1].float()
+        at_in = warp(inside, flow)[0, 0] > 0.5
+        at_grown = warp(grown, flow)[0, 0] > 0.5
+        ok = ref_valid[t]
+        out[t][ok & at_in] = 1
+        out[t][ok & ~at_grown] = -1
+    return out
+
+
 def refine_sets(
-    cand: Tensor, err: Tensor, tied: Tensor, colour_threshold: float, threshold: Tensor | float
+    cand: Tensor,
+    err: Tensor,
+    tied: Tensor,
+    colour_threshold: float,
+    threshold: Tensor | float,
+    elsewhere: Tensor | None = None,
 ) -> RefineSets:
     """The refinement's sets from the candidate set Ω, the atlas error and the ties.
 
     cand: (N, H, W) bool Ω; err: (N, H, W) mean-abs error of S·A against the plate; tied:
-    (N, H, W) bool, a valid reference match or an adjacent match that `follows` the surface;
-    threshold: the occluder error, a number or per frame (N,) (`occluder_threshold`).
+    (N, H, W) bool, a reference match into the ROI or an adjacent match that `follows` the
+    surface; threshold: the occluder error, a number or per frame (N,) (`occluder_threshold`);
+    elsewhere: (N, H, W) bool, a valid reference match landing outside the ROI
+    (`reference_landing` −1): an occluder whatever its error or ties.
     """
     if isinstance(threshold, Tensor):
         threshold = threshold[:, None, None]
     explained = err < colour_threshold
     occluder = cand & (err > threshold) & ~tied
+    if elsewhere is not None:
+        occluder |= cand & elsewhere
     surface = cand & ~occluder
     rgb_on = ~cand | occluder | explained
     return RefineSets(surface=surface, occluder=occluder, rgb_on=rgb_on)

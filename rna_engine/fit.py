@@ -752,7 +752,12 @@ class Fitter:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
         pred, cand, follows = self._prediction_and_candidates()
-        tied = shot.corr.ref_valid.bool() | follows
+        landing = evidence.reference_landing(
+            shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
+        )
+        tied = (landing > 0) | (follows & (landing == 0))
+        elsewhere = landing < 0
+        del landing
         err = (pred - shot.frames).abs().mean(1)
         # [OURS] M goes to 0 only on evidence of an occluder (motion that disagrees with the
         # surface's, or an appearance that neither the atlas nor any match explains) and is
@@ -771,9 +776,10 @@ class Fitter:
                 rs.occluded_quantile,
                 rs.occluded_margin,
             ),
+            elsewhere,
         )
         self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
-        del err, follows, tied
+        del err, follows, tied, elsewhere
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),

@@ -297,6 +297,10 @@ class RefineSettings:
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real
     clips miss the atlas by 0.05–0.1."""
+    reference_margin_px: int = 3
+    """[OURS] A valid reference match landing farther than this many working pixels outside the
+    reference ROI is evidence of an occluder (`evidence.reference_landing`); inside the ROI it
+    ties the pixel to the surface."""
     occluded_quantile: float = 0.95
     """[OURS] Per frame, the occluder threshold is raised to `occluded_margin` × this quantile
     of the error on candidates a match ties to the surface (`evidence.occluder_threshold`;
@@ -319,6 +323,7 @@ class RefineSettings:
         _require(self.colour_threshold > 0, "refine.colour_threshold", "must be > 0")
         _require(0 <= self.occluded_quantile < 1, "refine.occluded_quantile", "must be in [0, 1)")
         _require(self.occluded_margin >= 1, "refine.occluded_margin", "must be >= 1")
+        _require(self.reference_margin_px >= 0, "refine.reference_margin_px", "must be >= 0")
         _require(
             0 < self.motion_surface_px < self.motion_occluder_px,
             "refine.motion_surface_px",
