@@ -4,15 +4,15 @@ The reconstruction term of Eq. 9 lowers M wherever the atlas misses the plate. O
 that is water, reflections, light the shade does not follow and small geometric drift as much
 as an occluder; on `blackswan` it emptied the matte over open water. Here the candidate set Ω
 (the ROI carried to the frame) is the surface by default, and M goes to 0 only where an
-occluder is evidenced: the atlas misses by more than a threshold (ε·`occluded_factor`, raised on
-frames where the surely visible surface misses it too: `occluder_threshold`) *and* nothing ties the
-pixel to the surface — no valid reference match, no adjacent match that follows the surface
-(‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`).
+occluder is evidenced: a valid reference match lands outside the reference ROI (the occluder
+matched to itself), or the atlas misses by more than a threshold (`occluder_threshold`) *and*
+nothing ties the pixel to the surface — no reference match into the ROI, no adjacent match that
+follows the surface (‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`).
 
 Motion alone is not taken as evidence of an occluder: water and reflections move against the
 surface they lie on (measured on `blackswan`, H200: with motion as evidence the matte covered
 23 % of the open water on the worst frame). A mover (every valid adjacent match disagrees by
-more than `motion_occluder_px`) only loses the surface's protection. Pure tensor functions.
+more than `motion_occluder_px`) only loses the joint fit's protection. Pure tensor functions.
 """
 
 from __future__ import annotations

@@ -745,41 +745,35 @@ class Fitter:
         self._joint_mask_px = joint.sum((1, 2))
         return pred, cand, follows
 
+    @torch.no_grad()
+    def _refine_sets(self) -> tuple[Tensor, evidence.RefineSets]:
+        """S·A(T(p)) for every pixel and the refinement's sets (docs/method.md §5.2); sets
+        `self.evidence` (`FitResult.evidence`)."""
+        shot, rs = self.shot, self.refine_settings
+        pred, cand, follows = self._prediction_and_candidates()
+        landing = evidence.reference_landing(
+            shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
+        )
+        # A reference match decides where there is one; the adjacent matches elsewhere.
+        tied = (landing > 0) | (follows & (landing == 0))
+        elsewhere = landing < 0
+        del landing, follows
+        err = (pred - shot.frames).abs().mean(1)
+        floor = rs.colour_threshold * rs.occluded_factor
+        threshold = evidence.occluder_threshold(
+            cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
+        )
+        sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, threshold, elsewhere)
+        self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
+        return pred, sets
+
     def refine(self, start: int = 0) -> None:
         """M-only refinement (docs/method.md §5, Eqs. 9–10)."""
         total = self.refine_steps
         if total <= 0:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
-        pred, cand, follows = self._prediction_and_candidates()
-        landing = evidence.reference_landing(
-            shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
-        )
-        tied = (landing > 0) | (follows & (landing == 0))
-        elsewhere = landing < 0
-        del landing
-        err = (pred - shot.frames).abs().mean(1)
-        # [OURS] M goes to 0 only on evidence of an occluder (motion that disagrees with the
-        # surface's, or an appearance that neither the atlas nor any match explains) and is
-        # held at 1 on evidence of the surface; the reconstruction term is off on candidates
-        # with neither (docs/method.md §5.2, `evidence.py`).
-        sets = evidence.refine_sets(
-            cand,
-            err,
-            tied,
-            rs.colour_threshold,
-            evidence.occluder_threshold(
-                cand,
-                err,
-                tied,
-                rs.colour_threshold * rs.occluded_factor,
-                rs.occluded_quantile,
-                rs.occluded_margin,
-            ),
-            elsewhere,
-        )
-        self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
-        del err, follows, tied, elsewhere
+        pred, sets = self._refine_sets()
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),

@@ -100,3 +100,29 @@ def test_the_occluder_threshold_rises_on_frames_where_the_visible_surface_misses
     assert torch.allclose(
         evidence.occluder_threshold(cand, err, few, 0.1, 0.95, 1.5), thr[:1] * 0 + 0.1
     )
+
+
+def test_a_reference_match_outside_the_roi_is_an_occluder_and_one_inside_ties() -> None:
+    roi = torch.zeros(H, W)
+    roi[3:9, 4:12] = 1.0
+    flow = torch.zeros(1, 2, H, W)
+    flow[0, 0, 5, 6] = -6.0  # lands at x = 0: far outside the ROI (an occluder matched to itself)
+    flow[0, 0, 5, 7] = -4.0  # lands at x = 3: one pixel outside, inside the margin
+    valid = torch.ones(1, H, W, dtype=torch.bool)
+    valid[0, 6, 6] = False
+    landing = evidence.reference_landing(roi, flow, valid, margin_px=2)
+    assert int(landing[0, 5, 6]) == -1
+    assert int(landing[0, 5, 7]) == 0
+    assert int(landing[0, 6, 6]) == 0  # no valid match: no evidence either way
+    assert int(landing[0, 4, 5]) == 1  # a zero flow inside the ROI
+    assert int(landing[0, 0, 0]) == -1  # outside, matched in place
+    cand = (roi > 0)[None]
+    sets = evidence.refine_sets(
+        cand,
+        torch.zeros(1, H, W),  # the atlas explains every pixel: only the landing decides
+        landing > 0,
+        0.025,
+        0.1,
+        elsewhere=landing < 0,
+    )
+    assert bool(sets.occluder[0, 5, 6]) and int(sets.occluder.sum()) == 1

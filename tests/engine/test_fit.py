@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import colour, evidence, synth
+from rna_engine import colour, synth
 from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
 from rna_engine.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
@@ -153,15 +153,8 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
     ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""
     _, _, fitter = fitted
-    pred, cand, follows = fitter._prediction_and_candidates()
-    rs = case.settings.refine
-    err = (pred - case.tensors.frames).abs().mean(1)
-    tied = case.tensors.corr.ref_valid.bool() | follows
-    floor = rs.colour_threshold * rs.occluded_factor
-    thr = evidence.occluder_threshold(
-        cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
-    )
-    sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, thr)
+    _, cand, follows = fitter._prediction_and_candidates()
+    _, sets = fitter._refine_sets()
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
     visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
