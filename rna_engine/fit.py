@@ -563,8 +563,11 @@ class Fitter:
         shade = model.shade(uv_p.detach(), xyt[:b, 2])
         px = geo.half_rez
         shaded = model.shaded(shade, atlas, xyt[:b, 2])
+        # A reference match ties p to the surface only where it lands in the ROI (B_t, §3.5),
+        # as in the refinement's sets (§5.2).
+        ref_in = corr.bootstrap[t, y, x].float() * (1 - is_ref)
         m_rgb = self._guarded_mask(
-            m_p, shaded, colour, (uv_p, uv_f, uv_b), fwd_ok, bwd_ok, ref_ok * (1 - is_ref)
+            m_p, shaded, colour, (uv_p, uv_f, uv_b), (fwd_ok, bwd_ok, ref_ok * (1 - is_ref)), ref_in
         )
         terms = {
             "rgb": w.rgb * losses.reconstruction(m_rgb, shaded, colour),
@@ -605,27 +608,33 @@ class Fitter:
         shaded: Tensor,
         colour: Tensor,
         uvs: tuple[Tensor, Tensor, Tensor],
-        fwd_ok: Tensor,
-        bwd_ok: Tensor,
-        ref_ok: Tensor,
+        valid: tuple[Tensor, Tensor, Tensor],
+        ref_in: Tensor,
     ) -> Tensor:
         """M as the reconstruction term sees it (`fit.evidence_guard`, docs/method.md §2.3):
-        detached, so the term trains the atlas but cannot lower M, on samples the atlas roughly
-        explains (error < ε·`occluded_factor`) or a match ties to the surface, unless every
-        valid adjacent match says the pixel moves against the surface. `uvs`: T at p, at its
-        forward and at its backward match."""
+        detached, so the term trains A, S and T but cannot lower M, on samples that the atlas
+        roughly explains (error < ε·`occluded_factor`) or that a match ties to the surface
+        (`ref_in`: a reference match into the ROI; without a valid reference match, an
+        adjacent one that follows T), unless the reference match lands outside the ROI or
+        every valid adjacent match says the pixel moves against the surface. `uvs`: T at p
+        and at its forward and backward matches; `valid`: forward, backward and reference
+        validity."""
         if not self.fit.evidence_guard:
             return m_p
         rs = self.refine_settings
         uv_p, uv_f, uv_b = uvs
+        fwd_ok, bwd_ok, ref_ok = valid
         with torch.no_grad():
             px = self.geometry.half_rez
             inf = torch.full_like(m_p, float("inf"))
             d_f = torch.where(fwd_ok > 0, torch.linalg.vector_norm(uv_f - uv_p, dim=1) * px, inf)
             d_b = torch.where(bwd_ok > 0, torch.linalg.vector_norm(uv_b - uv_p, dim=1) * px, inf)
             explained = (shaded - colour).abs().mean(1) < rs.colour_threshold * rs.occluded_factor
-            tied = (ref_ok > 0) | evidence.follows(d_f, d_b, rs.motion_surface_px)
-            protect = (tied | explained) & ~evidence.moving(d_f, d_b, rs.motion_occluder_px)
+            follows = evidence.follows(d_f, d_b, rs.motion_surface_px)
+            tied = (ref_in > 0) | (follows & (ref_ok == 0))
+            elsewhere = (ref_ok > 0) & (ref_in == 0)  # matched outside the ROI: no guard
+            protect = (tied | explained) & ~elsewhere
+            protect &= ~evidence.moving(d_f, d_b, rs.motion_occluder_px)
         return torch.where(protect, m_p.detach(), m_p)
 
     def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -684,10 +693,11 @@ class Fitter:
     # Stage 3: mask refinement
 
     @torch.no_grad()
-    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor, Tensor]:
-        """S·A(T(p)) for every pixel (N, 3, H, W), the candidate set Ω (N, H, W) bool, and
-        where an adjacent match follows the surface (N, H, W) bool (`evidence.follows` of the
-        forward and backward `evidence.motion_residual`, within `refine.motion_surface_px`).
+    def _prediction_and_candidates(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """S·A(T(p)) for every pixel (N, 3, H, W), the candidate set Ω (N, H, W) bool, where
+        an adjacent match follows the surface (N, H, W) bool (forward or backward
+        `evidence.motion_residual` within `refine.motion_surface_px`), and per frame the
+        pixels of Ω with M > 0.5 (N,).
 
         Ω (docs/method.md §5.1): the reference ROI splatted into atlas space through T on the
         reference frame (max-combined, no lost duplicates: a fix of docs/method.md §8.2), then pulled back
@@ -742,30 +752,30 @@ class Fitter:
                 > 0.5
             ).reshape(h, w)
             joint[t] = (model.mask(xyt).reshape(h, w) > 0.5) & cand[t]
-        self._joint_mask_px = joint.sum((1, 2))
-        return pred, cand, follows
+        return pred, cand, follows, joint.sum((1, 2))
 
     @torch.no_grad()
-    def _refine_sets(self) -> tuple[Tensor, evidence.RefineSets]:
-        """S·A(T(p)) for every pixel and the refinement's sets (docs/method.md §5.2); sets
-        `self.evidence` (`FitResult.evidence`)."""
+    def _refine_sets(
+        self, pred: Tensor, cand: Tensor, follows: Tensor, joint_px: Tensor
+    ) -> evidence.RefineSets:
+        """The refinement's sets (docs/method.md §5.2) from `_prediction_and_candidates`;
+        sets `self.evidence` (`FitResult.evidence`)."""
         shot, rs = self.shot, self.refine_settings
-        pred, cand, follows = self._prediction_and_candidates()
         landing = evidence.reference_landing(
             shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
         )
         # A reference match decides where there is one; the adjacent matches elsewhere.
         tied = (landing > 0) | (follows & (landing == 0))
         elsewhere = landing < 0
-        del landing, follows
+        del landing
         err = (pred - shot.frames).abs().mean(1)
         floor = rs.colour_threshold * rs.occluded_factor
         threshold = evidence.occluder_threshold(
             cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
         )
         sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, threshold, elsewhere)
-        self.evidence = _evidence_shares(cand, self._joint_mask_px, sets.occluder, tied)
-        return pred, sets
+        self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied)
+        return sets
 
     def refine(self, start: int = 0) -> None:
         """M-only refinement (docs/method.md §5, Eqs. 9–10)."""
@@ -773,7 +783,9 @@ class Fitter:
         if total <= 0:
             return
         shot, geo, model, rs = self.shot, self.geometry, self.model, self.refine_settings
-        pred, sets = self._refine_sets()
+        pred, cand, follows, joint_px = self._prediction_and_candidates()
+        sets = self._refine_sets(pred, cand, follows, joint_px)
+        del cand, follows
         not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),

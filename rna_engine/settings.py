@@ -232,11 +232,12 @@ class FitSettings:
     reference): exposure and white-balance drift are not pulled toward the reference's look by
     the regulariser of S (Eq. 8), which then sees only local light."""
     evidence_guard: bool = True
-    """[OURS] The reconstruction term does not lower M on samples with evidence of the surface
-    (a valid reference match, or an adjacent match that follows the surface within
-    `refine.motion_surface_px`) and none of an occluder: water, reflections and light the atlas
-    misses are not read as occlusion (docs/method.md §2.3). A mover: every valid adjacent
-    match disagrees by more than `refine.motion_occluder_px`."""
+    """[OURS] The reconstruction term does not lower M on samples the atlas roughly explains or
+    a match ties to the surface (a reference match into the ROI; without one, an adjacent match
+    that follows the surface within `refine.motion_surface_px`), unless the reference match
+    lands outside the ROI or the sample is a mover (every valid adjacent match disagrees by
+    more than `refine.motion_occluder_px`): water, reflections and light the atlas misses are
+    not read as occlusion (docs/method.md §2.3)."""
     position_set: Literal["roi", "frame"] = "roi"
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
@@ -291,8 +292,8 @@ class RefineSettings:
     weight_flow_alpha: float = 0.1
     """λ_b of Eq. 10 (adjacent mask consistency)."""
     weight_occluded: float = 0.05
-    """[OURS] Weight of M² on candidates neither the atlas (error > ε·occluded_factor) nor a
-    valid match to the reference frame explains."""
+    """[OURS] Weight of M² on the candidates evidenced as occluders (the set O of
+    `evidence.refine_sets`, docs/method.md §5.2)."""
     occluded_factor: float = 4.0
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real

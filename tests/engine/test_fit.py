@@ -153,8 +153,8 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
     ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""
     _, _, fitter = fitted
-    _, cand, follows = fitter._prediction_and_candidates()
-    _, sets = fitter._refine_sets()
+    pred, cand, follows, joint_px = fitter._prediction_and_candidates()
+    sets = fitter._refine_sets(pred, cand, follows, joint_px)
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
     visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
