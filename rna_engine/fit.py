@@ -569,11 +569,14 @@ class Fitter:
         m_rgb = self._guarded_mask(
             m_p, shaded, colour, (uv_p, uv_f, uv_b), (fwd_ok, bwd_ok, ref_ok * (1 - is_ref)), ref_in
         )
+        m_corr = m_rgb if self.fit.guard_correspondence else m_p
+        boot_set = torch.maximum(ref_ok, is_ref) if self.fit.bootstrap_matched_only else None
+        boot_bce = losses.bce(m_p, corr.bootstrap[t, y, x].float())
         terms = {
             "rgb": w.rgb * losses.reconstruction(m_rgb, shaded, colour),
             "bootstrap": w.bootstrap
             * boot_on
-            * losses.bce(m_p, corr.bootstrap[t, y, x].float()).mean(),
+            * (boot_bce.mean() if boot_set is None else losses.masked_mean(boot_bce, boot_set)),
             "ref_mask": w.ref_mask * losses.masked_mean(losses.bce(m_p, shot.roi[y, x]), is_ref),
             "ref_flow_alpha": w.ref_flow_alpha
             * losses.masked_mean((m_p - m_r).abs(), ref_ok * (1 - is_ref)),
@@ -584,12 +587,14 @@ class Fitter:
                 + losses.masked_mean((m_p - m_b).abs(), bwd_ok)
             ),
             "ref_optical_flow": w.ref_optical_flow
-            * losses.masked_mean(losses.correspondence(uv_p, uv_r, m_p, px), ref_ok * (1 - is_ref)),
+            * losses.masked_mean(
+                losses.correspondence(uv_p, uv_r, m_corr, px), ref_ok * (1 - is_ref)
+            ),
             "optical_flow": w.optical_flow
             * 0.5
             * (
-                losses.masked_mean(losses.correspondence(uv_p, uv_f, m_p, px), fwd_ok)
-                + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_p, px), bwd_ok)
+                losses.masked_mean(losses.correspondence(uv_p, uv_f, m_corr, px), fwd_ok)
+                + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_corr, px), bwd_ok)
             ),
             "rigidity": w.rigidity
             * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta, self._rigidity_base(xyt, b)).mean(),
