@@ -638,8 +638,11 @@ class Fitter:
             follows = evidence.follows(d_f, d_b, rs.motion_surface_px)
             tied = (ref_in > 0) | (follows & (ref_ok == 0))
             elsewhere = (ref_ok > 0) & (ref_in == 0)  # matched outside the ROI: no guard
-            protect = (tied | explained) & ~elsewhere
-            protect &= ~evidence.moving(d_f, d_b, rs.motion_occluder_px)
+            moving = evidence.moving(d_f, d_b, rs.motion_occluder_px)
+            if self.fit.guard_unevidenced:
+                protect = ~(elsewhere | moving)
+            else:
+                protect = (tied | explained) & ~elsewhere & ~moving
         return torch.where(protect, m_p.detach(), m_p)
 
     def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:

@@ -238,6 +238,12 @@ class FitSettings:
     lands outside the ROI or the sample is a mover (every valid adjacent match disagrees by
     more than `refine.motion_occluder_px`): water, reflections and light the atlas misses are
     not read as occlusion (docs/method.md §2.3)."""
+    guard_unevidenced: bool = True
+    """[OURS] `evidence_guard` also protects samples that nothing ties to the surface and nothing
+    evidences as an occluder (no reference match, adjacent matches that neither follow T nor
+    move against it): the joint fit lowers M only where a reference match lands outside the ROI
+    or the sample is a mover; an occluder that only looks different is the refinement's to find
+    (§5.2). Off: such samples are protected only when the atlas roughly explains them."""
     guard_correspondence: bool = True
     """[OURS] Eq. 6 is weighted by the guarded M of `evidence_guard` (detached where that guard
     protects the sample) instead of M itself: a match that disagrees with T on a sample tied to
