@@ -569,7 +569,6 @@ class Fitter:
         m_rgb = self._guarded_mask(
             m_p, shaded, colour, (uv_p, uv_f, uv_b), (fwd_ok, bwd_ok, ref_ok * (1 - is_ref)), ref_in
         )
-        m_corr = m_rgb if self.fit.guard_correspondence else m_p
         boot_set = torch.maximum(ref_ok, is_ref) if self.fit.bootstrap_matched_only else None
         boot_bce = losses.bce(m_p, corr.bootstrap[t, y, x].float())
         terms = {
@@ -587,14 +586,12 @@ class Fitter:
                 + losses.masked_mean((m_p - m_b).abs(), bwd_ok)
             ),
             "ref_optical_flow": w.ref_optical_flow
-            * losses.masked_mean(
-                losses.correspondence(uv_p, uv_r, m_corr, px), ref_ok * (1 - is_ref)
-            ),
+            * losses.masked_mean(losses.correspondence(uv_p, uv_r, m_p, px), ref_ok * (1 - is_ref)),
             "optical_flow": w.optical_flow
             * 0.5
             * (
-                losses.masked_mean(losses.correspondence(uv_p, uv_f, m_corr, px), fwd_ok)
-                + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_corr, px), bwd_ok)
+                losses.masked_mean(losses.correspondence(uv_p, uv_f, m_p, px), fwd_ok)
+                + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_p, px), bwd_ok)
             ),
             "rigidity": w.rigidity
             * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta, self._rigidity_base(xyt, b)).mean(),
@@ -638,11 +635,8 @@ class Fitter:
             follows = evidence.follows(d_f, d_b, rs.motion_surface_px)
             tied = (ref_in > 0) | (follows & (ref_ok == 0))
             elsewhere = (ref_ok > 0) & (ref_in == 0)  # matched outside the ROI: no guard
-            moving = evidence.moving(d_f, d_b, rs.motion_occluder_px)
-            if self.fit.guard_unevidenced:
-                protect = ~(elsewhere | moving)
-            else:
-                protect = (tied | explained) & ~elsewhere & ~moving
+            protect = (tied | explained) & ~elsewhere
+            protect &= ~evidence.moving(d_f, d_b, rs.motion_occluder_px)
         return torch.where(protect, m_p.detach(), m_p)
 
     def _rigidity_base(self, xyt: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor] | None:

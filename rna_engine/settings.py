@@ -238,17 +238,6 @@ class FitSettings:
     lands outside the ROI or the sample is a mover (every valid adjacent match disagrees by
     more than `refine.motion_occluder_px`): water, reflections and light the atlas misses are
     not read as occlusion (docs/method.md §2.3)."""
-    guard_unevidenced: bool = True
-    """[OURS] `evidence_guard` also protects samples that nothing ties to the surface and nothing
-    evidences as an occluder (no reference match, adjacent matches that neither follow T nor
-    move against it): the joint fit lowers M only where a reference match lands outside the ROI
-    or the sample is a mover; an occluder that only looks different is the refinement's to find
-    (§5.2). Off: such samples are protected only when the atlas roughly explains them."""
-    guard_correspondence: bool = True
-    """[OURS] Eq. 6 is weighted by the guarded M of `evidence_guard` (detached where that guard
-    protects the sample) instead of M itself: a match that disagrees with T on a sample tied to
-    the surface trains T but is not paid for by lowering M (on water, the flows follow the
-    ripples)."""
     bootstrap_matched_only: bool = True
     """[OURS] The bootstrap term (§2.8) applies only where the reference match is valid (and on
     the reference frame): B_t = 0 where the match failed says nothing about occlusion, and on

@@ -169,6 +169,26 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     assert float((surf & visible).sum() / visible.sum()) >= 0.9
 
 
+def test_the_bootstrap_term_ignores_pixels_without_a_reference_match(case: Case) -> None:
+    """`fit.bootstrap_matched_only`: B_t = 0 where the t → r match failed is not a target."""
+    corr, r = case.tensors.corr, case.shot.reference_index
+    invalid = ~corr.ref_valid.bool()
+    invalid[r] = False
+    index = invalid.reshape(-1).nonzero()[:, 0][:512]
+    assert index.numel() == 512
+    on = torch.ones(())
+    matched_only = _fitter(case)._joint_losses(index, on)[1]["bootstrap"]
+    assert float(matched_only.detach()) == 0.0
+    plain = Case(
+        case.shot,
+        case.tensors,
+        build_settings(
+            "draft", {**TINY_FIT, "fit": {**TINY_FIT["fit"], "bootstrap_matched_only": False}}
+        ),
+    )
+    assert float(_fitter(plain)._joint_losses(index, on)[1]["bootstrap"].detach()) > 0.01
+
+
 def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> None:
     small = {
         **TINY_FIT,
