@@ -109,8 +109,8 @@ class FitResult:
     evidence: list[dict[str, float | None]] = field(default_factory=list)
     """Per frame index, at the start of the refinement (`Fitter.refine`): the share of the
     candidate set Ω with M > 0.5 after the joint fit (`mask_joint`), evidenced as an occluder
-    (`occluder_evidence`) and tied to the surface by a match (`surface_tied`); None where Ω is
-    empty. Kept in the checkpoint; empty when the refinement is off."""
+    (`occluder_evidence`), of those by the reference landing alone (`occluder_landing`) and
+    tied to the surface by a match (`surface_tied`); None where Ω is empty. Kept in the checkpoint; empty when the refinement is off."""
 
 
 def atlas_box_for(roi: Tensor, geometry: Geometry, margin: float = 0.25) -> tuple[float, ...]:
@@ -776,7 +776,7 @@ class Fitter:
             cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
         )
         sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, threshold, elsewhere)
-        self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied)
+        self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied, elsewhere)
         return sets
 
     def refine(self, start: int = 0) -> None:
@@ -881,19 +881,17 @@ class Fitter:
 
 
 def _evidence_shares(
-    cand: Tensor, joint_px: Tensor, occluder: Tensor, tied: Tensor
+    cand: Tensor, joint_px: Tensor, occluder: Tensor, tied: Tensor, elsewhere: Tensor
 ) -> list[dict[str, float | None]]:
-    """`FitResult.evidence` from the refinement's maps (one host transfer)."""
-    area = cand.sum((1, 2))
-    counts = torch.stack(
-        [joint_px, (occluder & cand).sum((1, 2)), (tied & cand).sum((1, 2)), area], 1
-    ).cpu()
+    """`FitResult.evidence` from the refinement's maps (one host transfer): per frame the
+    shares of Ω with M > 0.5 after the joint fit, in O, tied, and in O by the reference landing
+    alone (the rest of O is the appearance rule)."""
+    sets = (occluder, tied, elsewhere)
+    counts = torch.stack([joint_px, *((m & cand).sum((1, 2)) for m in sets), cand.sum((1, 2))], 1)
+    keys = ("mask_joint", "occluder_evidence", "surface_tied", "occluder_landing")
     out: list[dict[str, float | None]] = []
-    for j, o, s, a in counts.tolist():
-        keys = ("mask_joint", "occluder_evidence", "surface_tied")
-        out.append(
-            {k: (round(v / a, 4) if a else None) for k, v in zip(keys, (j, o, s), strict=True)}
-        )
+    for *values, a in counts.cpu().tolist():
+        out.append({k: (round(v / a, 4) if a else None) for k, v in zip(keys, values, strict=True)})
     return out
 
 

@@ -106,6 +106,11 @@ def test_cache_layout_and_headers(built: dict) -> None:
     assert all(
         0 <= f["surface_tied"] <= 1 for f in report["frames"] if f["surface_tied"] is not None
     )
+    assert all(
+        0 <= f["occluder_landing"] <= f["occluder_evidence"]
+        for f in report["frames"]
+        if f["occluder_evidence"] is not None
+    )
     assert report["peak_gpu_memory_mib"] is None and report["peak_gpu_mib_by_stage"] == {}
     assert (paths.qc_dir / "contact.png").stat().st_size > 1000
     build = json.loads(paths.build_json.read_text())
