@@ -134,3 +134,45 @@ def moving(res_fwd: Tensor, res_bwd: Tensor, occluder_px: float) -> Tensor:
     """Every valid adjacent match disagrees with the surface by more than `occluder_px`."""
     any_valid = torch.isfinite(res_fwd) | torch.isfinite(res_bwd)
     return any_valid & (res_fwd > occluder_px) & (res_bwd > occluder_px)
+
+
+def carry_along_flow(
+    occluder: Tensor,
+    open_: Tensor,
+    fwd: Tensor,
+    fwd_valid: Tensor,
+    bwd: Tensor,
+    bwd_valid: Tensor,
+    steps: int,
+) -> Tensor:
+    """O grown along the adjacent matches: a pixel of `open_` (N, H, W) bool — a candidate that
+    no match ties to the surface — whose valid forward or backward match lands in O on the
+    next or previous frame joins O; `steps` rounds. The occluder's own motion carries the
+    evidence of its neighbours in time to pixels where it was not seen (docs/method.md §5.2).
+    fwd/bwd: (N, 2, H, W) flows t→t±1 in pixels; *_valid: (N, H, W) bool."""
+    n, h, w = occluder.shape
+    if steps <= 0 or n < 2:
+        return occluder
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=occluder.device),
+        torch.arange(w, device=occluder.device),
+        indexing="ij",
+    )
+
+    def lands_in(flow: Tensor, valid: Tensor, target: Tensor) -> Tensor:
+        x = (xs + flow[0]).round().long()
+        y = (ys + flow[1]).round().long()
+        inside = valid & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        return inside & target[y.clamp(0, h - 1), x.clamp(0, w - 1)]
+
+    out = occluder.clone()
+    for _ in range(steps):  # one frame at a time: no (N, H, W) index tensors
+        before = out.clone()
+        for t in range(n):
+            grown = torch.zeros_like(out[t])
+            if t + 1 < n:
+                grown |= lands_in(fwd[t], fwd_valid[t], before[t + 1])
+            if t > 0:
+                grown |= lands_in(bwd[t], bwd_valid[t], before[t - 1])
+            out[t] |= grown & open_[t]
+    return out

@@ -776,6 +776,22 @@ class Fitter:
             cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
         )
         sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, threshold, elsewhere)
+        if rs.occluder_carry_steps > 0:
+            corr = shot.corr
+            occluder = evidence.carry_along_flow(
+                sets.occluder,
+                cand & ~tied,
+                corr.fwd,
+                corr.fwd_valid.bool(),
+                corr.bwd,
+                corr.bwd_valid.bool(),
+                rs.occluder_carry_steps,
+            )
+            sets = evidence.RefineSets(
+                surface=cand & ~occluder,
+                occluder=occluder,
+                rgb_on=~cand | occluder | (err < rs.colour_threshold),
+            )
         self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied, elsewhere)
         return sets
 

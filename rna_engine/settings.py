@@ -298,6 +298,10 @@ class RefineSettings:
     weight_occluded: float = 0.05
     """[OURS] Weight of M² on the candidates evidenced as occluders (the set O of
     `evidence.refine_sets`, docs/method.md §5.2)."""
+    occluder_carry_steps: int = 0
+    """[OURS] Rounds of `evidence.carry_along_flow`: an untied candidate whose adjacent match
+    lands in O on the next or previous frame joins O (the occluder's own motion carries the
+    evidence to pixels where it was not seen). 0 = off."""
     occluded_factor: float = 4.0
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real

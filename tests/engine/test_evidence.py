@@ -126,3 +126,34 @@ def test_a_reference_match_outside_the_roi_is_an_occluder_and_one_inside_ties() 
         elsewhere=landing < 0,
     )
     assert bool(sets.occluder[0, 5, 6]) and int(sets.occluder.sum()) == 1
+
+
+def test_occluder_evidence_is_carried_along_the_occluders_own_motion() -> None:
+    """A square moving 1 px right per frame, evidenced only on frame 0: two rounds carry O to
+    frames 1 and 2 along its matches, never onto tied pixels or pixels whose match misses O."""
+    n, h, w = 4, 12, 16
+    square = torch.zeros(n, h, w, dtype=torch.bool)
+    for t in range(n):
+        square[t, 4:8, 2 + t : 6 + t] = True
+    fwd = torch.zeros(n, 2, h, w)
+    bwd = torch.zeros(n, 2, h, w)
+    fwd[:, 0][square] = 1.0  # the square's own motion; the background is still
+    bwd[:, 0][square] = -1.0
+    # As a checked flow: the background about to be covered / just uncovered has no match.
+    fwd_ok = torch.ones(n, h, w, dtype=torch.bool)
+    bwd_ok = torch.ones(n, h, w, dtype=torch.bool)
+    fwd_ok[:-1] &= ~(square[1:] & ~square[:-1])
+    bwd_ok[1:] &= ~(square[:-1] & ~square[1:])
+    occluder = torch.zeros_like(square)
+    occluder[0] = square[0]
+    open_ = torch.ones_like(square)
+    open_[2, 5, 5] = False  # tied to the surface on frame 2
+    out = evidence.carry_along_flow(occluder, open_, fwd, fwd_ok, bwd, bwd_ok, steps=2)
+    assert torch.equal(out[1], square[1])
+    expected = square[2].clone()
+    expected[5, 5] = False
+    assert torch.equal(out[2], expected)
+    assert not out[3].any()  # two rounds reach two frames
+    assert torch.equal(
+        evidence.carry_along_flow(occluder, open_, fwd, fwd_ok, bwd, bwd_ok, 0), occluder
+    )
