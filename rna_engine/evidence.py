@@ -116,13 +116,20 @@ def refine_sets(
     """
     if isinstance(threshold, Tensor):
         threshold = threshold[:, None, None]
-    explained = err < colour_threshold
     occluder = cand & (err > threshold) & ~tied
     if elsewhere is not None:
         occluder |= cand & elsewhere
-    surface = cand & ~occluder
-    rgb_on = ~cand | occluder | explained
-    return RefineSets(surface=surface, occluder=occluder, rgb_on=rgb_on)
+    return sets_for(cand, occluder, err, colour_threshold)
+
+
+def sets_for(cand: Tensor, occluder: Tensor, err: Tensor, colour_threshold: float) -> RefineSets:
+    """The refinement's sets for a given O ⊆ Ω: N = Ω ∖ O; the reconstruction term on O, on
+    well-explained pixels (error < ε) and outside Ω."""
+    return RefineSets(
+        surface=cand & ~occluder,
+        occluder=occluder,
+        rgb_on=~cand | occluder | (err < colour_threshold),
+    )
 
 
 def follows(res_fwd: Tensor, res_bwd: Tensor, surface_px: float) -> Tensor:

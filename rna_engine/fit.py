@@ -110,7 +110,8 @@ class FitResult:
     """Per frame index, at the start of the refinement (`Fitter.refine`): the share of the
     candidate set Ω with M > 0.5 after the joint fit (`mask_joint`), evidenced as an occluder
     (`occluder_evidence`), of those by the reference landing alone (`occluder_landing`) and
-    tied to the surface by a match (`surface_tied`); None where Ω is empty. Kept in the checkpoint; empty when the refinement is off."""
+    tied to the surface by a match (`surface_tied`); None where Ω is empty. Kept in the
+    checkpoint; empty when the refinement is off."""
 
 
 def atlas_box_for(roi: Tensor, geometry: Geometry, margin: float = 0.25) -> tuple[float, ...]:
@@ -787,11 +788,7 @@ class Fitter:
                 corr.bwd_valid.bool(),
                 rs.occluder_carry_steps,
             )
-            sets = evidence.RefineSets(
-                surface=cand & ~occluder,
-                occluder=occluder,
-                rgb_on=~cand | occluder | (err < rs.colour_threshold),
-            )
+            sets = evidence.sets_for(cand, occluder, err, rs.colour_threshold)
         self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied, elsewhere)
         return sets
 

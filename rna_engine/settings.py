@@ -333,6 +333,7 @@ class RefineSettings:
         _require(0 <= self.occluded_quantile < 1, "refine.occluded_quantile", "must be in [0, 1)")
         _require(self.occluded_margin >= 1, "refine.occluded_margin", "must be >= 1")
         _require(self.reference_margin_px >= 0, "refine.reference_margin_px", "must be >= 0")
+        _require(self.occluder_carry_steps >= 0, "refine.occluder_carry_steps", "must be >= 0")
         _require(
             0 < self.motion_surface_px < self.motion_occluder_px,
             "refine.motion_surface_px",
