@@ -291,14 +291,15 @@ class RefineSettings:
     """Refinement steps."""
     colour_threshold: float = 0.025
     """ε: mean-abs RGB error (working encoding, 0..1) under which a pixel is 'not occluded'."""
-    weight_refine: float = 0.01
-    """λ_a of Eq. 10."""
+    weight_refine: float = 0.1
+    """λ_a of Eq. 10 (the paper's 0.01 cannot lift a matte the joint fit lost on far frames;
+    0.1 with `occluder_carry_steps` = 3, measured on blackswan, docs/method.md §5.3)."""
     weight_flow_alpha: float = 0.1
     """λ_b of Eq. 10 (adjacent mask consistency)."""
     weight_occluded: float = 0.05
     """[OURS] Weight of M² on the candidates evidenced as occluders (the set O of
     `evidence.refine_sets`, docs/method.md §5.2)."""
-    occluder_carry_steps: int = 0
+    occluder_carry_steps: int = 3
     """[OURS] Rounds of `evidence.carry_along_flow`: an untied candidate whose adjacent match
     lands in O on the next or previous frame joins O (the occluder's own motion carries the
     evidence to pixels where it was not seen). 0 = off."""
