@@ -346,10 +346,13 @@ class Fitter:
             )
             return None
         self.model.load_state_dict(state["model"])
-        if self.generator is not None:
-            self.generator.set_state(state["generator"].cpu())
-        else:
-            torch.cuda.set_rng_state(state["generator"].cpu(), self.device)
+        try:
+            if self.generator is not None:
+                self.generator.set_state(state["generator"].cpu())
+            else:
+                torch.cuda.set_rng_state(state["generator"].cpu(), self.device)
+        except (RuntimeError, KeyError):  # saved on another kind of device: keep our seed
+            log.info("checkpoint %s: random state of another device, reseeded", self.ckpt_path)
         self.history = list(state.get("history", []))
         self.timings_s = dict(state.get("timings_s", {}))
         self.evidence = list(state.get("evidence", []))

@@ -241,6 +241,23 @@ def test_a_checkpoint_of_another_model_layout_is_ignored(
     assert current._load() is not None  # the same layout still resumes
 
 
+def test_a_checkpoint_from_another_device_kind_resumes(case: Case, tmp_path: Path) -> None:
+    ctx = RunContext(device="cpu", seed=0, work_dir=tmp_path)
+    saved = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
+    with torch.no_grad():
+        for value in saved.model.parameters():
+            value.add_(0.25)
+    saved._save("refine", 40, None)
+    state = torch.load(tmp_path / "fit.ckpt", weights_only=False)
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA RNG state
+    torch.save(state, tmp_path / "fit.ckpt")
+    current = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
+    loaded = current._load()
+    assert loaded is not None and loaded["stage"] == "refine"
+    for name, value in current.model.state_dict().items():
+        assert torch.equal(value, saved.model.state_dict()[name]), name
+
+
 def test_bad_shots_are_refused() -> None:
     roi = torch.zeros(8, 8)
     with pytest.raises(InputError, match="empty"):
