@@ -36,6 +36,8 @@ class RefineSets:
     """O: candidates with evidence of an occluder (M → 0)."""
     rgb_on: Tensor
     """Where the reconstruction term applies: O, well-explained pixels and non-candidates."""
+    pull: Tensor
+    """Where λ_a pulls M toward 1: N without the unsure candidates (`sets_for`)."""
 
 
 def motion_residual(uv_a: Tensor, uv_b: Tensor, flow_ab: Tensor, valid: Tensor) -> Tensor:
@@ -105,6 +107,7 @@ def refine_sets(
     colour_threshold: float,
     threshold: Tensor | float,
     elsewhere: Tensor | None = None,
+    unsure: Tensor | None = None,
 ) -> RefineSets:
     """The refinement's sets from the candidate set Ω, the atlas error and the ties.
 
@@ -112,23 +115,40 @@ def refine_sets(
     (N, H, W) bool, a reference match into the ROI or an adjacent match that `follows` the
     surface; threshold: the occluder error, a number or per frame (N,) (`occluder_threshold`);
     elsewhere: (N, H, W) bool, a valid reference match landing outside the ROI
-    (`reference_landing` −1): an occluder whatever its error or ties.
+    (`reference_landing` −1): an occluder whatever its error or ties; unsure: see `sets_for`.
     """
     if isinstance(threshold, Tensor):
         threshold = threshold[:, None, None]
     occluder = cand & (err > threshold) & ~tied
     if elsewhere is not None:
         occluder |= cand & elsewhere
-    return sets_for(cand, occluder, err, colour_threshold)
+    return sets_for(cand, occluder, err, colour_threshold, unsure)
 
 
-def sets_for(cand: Tensor, occluder: Tensor, err: Tensor, colour_threshold: float) -> RefineSets:
+def unexplained(cand: Tensor, err: Tensor, tied: Tensor, floor: float) -> Tensor:
+    """Candidates that no match ties to the surface and that the atlas does not even roughly
+    explain (error ≥ `floor`, ε·`occluded_factor`), (N, H, W) bool: on a frame where T lost the
+    surface, the candidate set itself is wrong, and pulling M to 1 there paints whatever T
+    points at."""
+    return cand & ~tied & (err >= floor)
+
+
+def sets_for(
+    cand: Tensor,
+    occluder: Tensor,
+    err: Tensor,
+    colour_threshold: float,
+    unsure: Tensor | None = None,
+) -> RefineSets:
     """The refinement's sets for a given O ⊆ Ω: N = Ω ∖ O; the reconstruction term on O, on
-    well-explained pixels (error < ε) and outside Ω."""
+    well-explained pixels (error < ε) and outside Ω; the pull toward 1 on N outside `unsure`
+    ((N, H, W) bool, `unexplained`; None: all of N), where M keeps the joint fit's value."""
+    surface = cand & ~occluder
     return RefineSets(
-        surface=cand & ~occluder,
+        surface=surface,
         occluder=occluder,
         rgb_on=~cand | occluder | (err < colour_threshold),
+        pull=surface if unsure is None else surface & ~unsure,
     )
 
 

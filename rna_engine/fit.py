@@ -779,7 +779,10 @@ class Fitter:
         threshold = evidence.occluder_threshold(
             cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
         )
-        sets = evidence.refine_sets(cand, err, tied, rs.colour_threshold, threshold, elsewhere)
+        unsure = None if rs.pull_unexplained else evidence.unexplained(cand, err, tied, floor)
+        sets = evidence.refine_sets(
+            cand, err, tied, rs.colour_threshold, threshold, elsewhere, unsure
+        )
         if rs.occluder_carry_steps > 0:
             corr = shot.corr
             occluder = evidence.carry_along_flow(
@@ -791,8 +794,10 @@ class Fitter:
                 corr.bwd_valid.bool(),
                 rs.occluder_carry_steps,
             )
-            sets = evidence.sets_for(cand, occluder, err, rs.colour_threshold)
-        self.evidence = _evidence_shares(cand, joint_px, sets.occluder, tied, elsewhere)
+            sets = evidence.sets_for(cand, occluder, err, rs.colour_threshold, unsure)
+        self.evidence = _evidence_shares(
+            cand, joint_px, sets.occluder, tied, elsewhere, sets.surface & ~sets.pull
+        )
         return sets
 
     def refine(self, start: int = 0) -> None:
@@ -804,7 +809,7 @@ class Fitter:
         pred, cand, follows, joint_px = self._prediction_and_candidates()
         sets = self._refine_sets(pred, cand, follows, joint_px)
         del cand, follows
-        not_occluded, occluded, rgb_on = sets.surface, sets.occluder, sets.rgb_on
+        pulled, occluded, rgb_on = sets.pull, sets.occluder, sets.rgb_on
         opt = self._optimizer(
             list(model.mask_grid.parameters()),
             list(model.mask_mlp.parameters()),
@@ -837,7 +842,7 @@ class Fitter:
             rgb = (
                 rgb_on[t, y, x].float() * ((m_p[:, None] * (predicted - colour)) ** 2).sum(1)
             ).mean()
-            no = not_occluded[t, y, x].float()
+            no = pulled[t, y, x].float()
             refine_term = rs.weight_refine * losses.masked_mean((1 - m_p) ** 2, no)
             refine_term = refine_term + rs.weight_occluded * losses.masked_mean(
                 m_p**2, occluded[t, y, x].float()
@@ -897,14 +902,19 @@ class Fitter:
 
 
 def _evidence_shares(
-    cand: Tensor, joint_px: Tensor, occluder: Tensor, tied: Tensor, elsewhere: Tensor
+    cand: Tensor,
+    joint_px: Tensor,
+    occluder: Tensor,
+    tied: Tensor,
+    elsewhere: Tensor,
+    unsure: Tensor,
 ) -> list[dict[str, float | None]]:
     """`FitResult.evidence` from the refinement's maps (one host transfer): per frame the
-    shares of Ω with M > 0.5 after the joint fit, in O, tied, and in O by the reference landing
-    alone (the rest of O is the appearance rule)."""
-    sets = (occluder, tied, elsewhere)
+    shares of Ω with M > 0.5 after the joint fit, in O, tied, in O by the reference landing
+    alone (the rest of O is the appearance rule), and unsure (not pulled toward 1)."""
+    sets = (occluder, tied, elsewhere, unsure)
     counts = torch.stack([joint_px, *((m & cand).sum((1, 2)) for m in sets), cand.sum((1, 2))], 1)
-    keys = ("mask_joint", "occluder_evidence", "surface_tied", "occluder_landing")
+    keys = ("mask_joint", "occluder_evidence", "surface_tied", "occluder_landing", "surface_unsure")
     out: list[dict[str, float | None]] = []
     for *values, a in counts.cpu().tolist():
         out.append({k: (round(v / a, 4) if a else None) for k, v in zip(keys, values, strict=True)})

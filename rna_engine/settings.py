@@ -303,6 +303,11 @@ class RefineSettings:
     """[OURS] Rounds of `evidence.carry_along_flow`: an untied candidate whose adjacent match
     lands in O on the next or previous frame joins O (the occluder's own motion carries the
     evidence to pixels where it was not seen). 0 = off."""
+    pull_unexplained: bool = False
+    """[OURS] Pull M toward 1 also on candidates that no match ties to the surface and that the
+    atlas does not roughly explain (error ≥ ε·`occluded_factor`, `evidence.unexplained`). Off:
+    M keeps the joint fit's value there, so a frame where T lost the surface is not painted
+    wherever T points (car-turn's far frames, docs/method.md §5.3)."""
     occluded_factor: float = 4.0
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real
