@@ -217,6 +217,23 @@ def findings(
             "matched to the reference frame there (tracked from the neighbouring frames only): "
             "low confidence, check the paint there"
         )
+    lost = [
+        t
+        for t, f in enumerate(per_frame)
+        if (v := f.get("psnr_atlas")) is not None
+        and math.isfinite(v)
+        and v < settings.min_frame_psnr_db
+        and (f.get("roi_pixels") or 0) > 0
+    ]
+    if lost:
+        w = min(lost, key=lambda t: per_frame[t]["psnr_atlas"])
+        warnings.append(
+            f"{len(lost)} of {len(per_frame)} frames "
+            f"({format_frames([frame_numbers[t] for t in lost])}): the atlas does not "
+            f"reconstruct the tracked ROI (under {settings.min_frame_psnr_db:g} dB; worst frame "
+            f"{frame_numbers[w]}: {per_frame[w]['psnr_atlas']:.1f} dB): the tracking is lost "
+            "there: low confidence, check the paint there"
+        )
     for t in sorted(flagged):
         f = per_frame[t]
         what = " and ".join(
@@ -232,6 +249,6 @@ def findings(
         "worst": {k: worst(columns[k], frame_numbers) for k in measures[:3]},
         "flagged_frames": [int(frame_numbers[t]) for t in sorted(flagged)],
         "low_coverage_frames": [int(frame_numbers[t]) for t in low],
-        "low_confidence_frames": [int(frame_numbers[t]) for t in unsure],
+        "low_confidence_frames": [int(frame_numbers[t]) for t in sorted({*unsure, *lost})],
         "warnings": warnings,
     }

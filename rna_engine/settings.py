@@ -454,6 +454,9 @@ class QCSettings:
     min_frame_coverage: float = 0.5
     """Warning: frames whose soft matte covers less than this share of the tracked ROI
     (occluders, or tracking the model is unsure of: check the paint there)."""
+    min_frame_psnr_db: float = 18.0
+    """Warning and low confidence: frames with the ROI in view whose atlas-only PSNR of the
+    visible tracked ROI is under this (dB): T no longer points at the ROI's surface there."""
     drop_ratio: float = 0.6
     """Warning: a frame whose matte coverage or tracked-ROI area falls below this × the median
     of its neighbours (0..1)."""

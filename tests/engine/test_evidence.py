@@ -57,6 +57,22 @@ def test_refine_sets_need_evidence_to_lower_the_matte() -> None:
     assert sets.rgb_on[0, 0].tolist() == [True, False, True, False, True]
 
 
+def test_the_pull_toward_one_skips_candidates_nothing_explains() -> None:
+    cand = torch.tensor([[[True, True, True, True, False]]])
+    err = torch.tensor([[[0.01, 0.2, 0.2, 0.06, 0.2]]])
+    tied = torch.tensor([[[False, True, False, False, False]]])
+    # Without the rule, all of N is pulled.
+    assert _sets().pull[0, 0].tolist() == _sets().surface[0, 0].tolist()
+    # floor 0.05: the untied 0.06 candidate is unsure; tied or explained ones keep the pull.
+    unsure = evidence.unexplained(cand, err, tied, 0.05)
+    assert unsure[0, 0].tolist() == [False, False, True, True, False]
+    sets = _sets(unsure=unsure)
+    assert sets.surface[0, 0].tolist() == [True, True, False, True, False]
+    assert sets.pull[0, 0].tolist() == [True, True, False, False, False]
+    # At the usual floor (ε·occluded_factor = 0.1) the middle error is roughly explained.
+    assert _sets(unsure=evidence.unexplained(cand, err, tied, 0.1)).pull[0, 0, 3]
+
+
 def test_a_mover_is_every_valid_direction_disagreeing() -> None:
     inf = float("inf")
     fwd = torch.tensor([5.0, 5.0, inf, 0.5, inf])

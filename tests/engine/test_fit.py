@@ -167,6 +167,43 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     assert float((occ & hidden).sum() / hidden.sum()) >= 0.6
     assert float((surf & visible).sum() / surf.sum()) >= 0.98
     assert float((surf & visible).sum() / visible.sum()) >= 0.9
+    # Where T holds the surface, the pull toward 1 keeps almost all of it.
+    assert float((sets.pull & visible).sum() / visible.sum()) >= 0.9
+
+
+def test_candidates_the_atlas_does_not_explain_are_not_pulled_toward_one(
+    case: Case, fitted: tuple
+) -> None:
+    """`refine.pull_unexplained` off: on a frame whose plate misses the atlas everywhere (its
+    ties too, so θ_t rises above the error and nothing is evidenced as an occluder), λ_a
+    does not lift the untied candidates (docs/method.md §5.3)."""
+    import dataclasses
+
+    _, _, fitter = fitted
+    shot, t = fitter.shot, case.shot.n_frames - 1
+    noise = torch.rand(shot.frames[t].shape, generator=torch.Generator().manual_seed(1))
+    frames = shot.frames.clone()
+    frames[t] = (frames[t] + 0.6 * (noise - 0.5)).clamp(0, 1)
+    fitter.shot = dataclasses.replace(shot, frames=frames)
+    try:
+        pred, cand, follows, joint_px = fitter._prediction_and_candidates()
+        sets = fitter._refine_sets(pred, cand, follows, joint_px)
+        reported = fitter.evidence[t]["surface_unsure"]
+        fitter.refine_settings = dataclasses.replace(fitter.refine_settings, pull_unexplained=True)
+        every = fitter._refine_sets(pred, cand, follows, joint_px)
+    finally:
+        fitter.shot = shot
+        fitter.refine_settings = case.settings.refine
+    err = (pred[t] - frames[t]).abs().mean(0)
+    floor = case.settings.refine.colour_threshold * case.settings.refine.occluded_factor
+    skipped = every.pull[t] & ~sets.pull[t]
+    assert int(skipped.sum()) > 100
+    assert bool((err[skipped] >= floor).all())
+    assert not bool((sets.pull & ~every.pull).any())
+    assert reported is not None and reported > 0.05
+    # On the frames the atlas explains, the rule removes (almost) nothing.
+    r = case.shot.reference_index
+    assert float((every.pull[r] & ~sets.pull[r]).sum() / cand[r].sum()) <= 0.01
 
 
 def test_the_bootstrap_term_ignores_pixels_without_a_reference_match(case: Case) -> None:

@@ -103,6 +103,12 @@ def test_cache_layout_and_headers(built: dict) -> None:
     assert len(report["frames"]) == shot.n_frames and report["psnr_atlas_mean"] > 28
     ref = report["frames"][shot.reference_index]
     assert ref["occluder_evidence"] == 0.0 and ref["mask_joint"] > 0.9
+    assert ref["surface_unsure"] is not None and ref["surface_unsure"] <= 0.05
+    assert all(
+        f["surface_unsure"] + f["occluder_evidence"] <= 1.0001
+        for f in report["frames"]
+        if f["surface_unsure"] is not None
+    )
     assert all(
         0 <= f["surface_tied"] <= 1 for f in report["frames"] if f["surface_tied"] is not None
     )

@@ -122,6 +122,25 @@ def test_findings_report_frames_the_camera_could_not_anchor() -> None:
     assert any(w.startswith("2 of 6 frames (3-4): the camera") for w in found["warnings"])
 
 
+def test_findings_report_frames_the_atlas_does_not_reconstruct() -> None:
+    psnr = [31.0, 30.0, 12.5, 17.0, 29.0, 9.0]
+    roi = [100, 100, 100, 100, 100, 0]  # the last frame: the ROI is out of view
+    records = [
+        {"matte_coverage": 0.99, "coverage": 0.99, "psnr_atlas": p, "roi_pixels": r}
+        for p, r in zip(psnr, roi, strict=True)
+    ]
+    found = findings(records, list(range(11, 17)), QCSettings())
+    assert found["low_confidence_frames"] == [13, 14]
+    (lost,) = [w for w in found["warnings"] if "does not reconstruct" in w]
+    assert lost.startswith("2 of 6 frames (13-14)") and "frame 13: 12.5 dB" in lost
+    assert (
+        findings(records, list(range(11, 17)), QCSettings(min_frame_psnr_db=10.0))[
+            "low_confidence_frames"
+        ]
+        == []
+    )
+
+
 def test_check_bake_needs_a_matte_on_the_reference_frame() -> None:
     check_bake([0.1, 0.9, 0.2], 1, QCSettings())
     for value in (0.2, None, float("nan")):
