@@ -329,10 +329,10 @@ def test_gpu_preset_on_cpu_warns_once_with_an_estimate(
     args = args[: args.index("--set")]  # the preset's own step counts
     assert main(args) == 2
     warning, error = capsys.readouterr().err.strip().splitlines()
-    # 1000 + 6000 + 2000 steps x 32768 samples at CPU_FIT_SAMPLES_PER_S = 2.3e4: 3.6 h
+    # 1000 + 6000 + 6000 steps x 32768 samples at CPU_FIT_SAMPLES_PER_S = 2.3e4: 5.1 h
     assert warning == (
-        "rna-engine: preset standard on the CPU will take long: at least 3.6 h of fitting for a "
-        "70-frame shot (9000 steps of 32768 samples); use --preset draft, or a GPU "
+        "rna-engine: preset standard on the CPU will take long: at least 5.1 h of fitting for a "
+        "70-frame shot (13000 steps of 32768 samples); use --preset draft, or a GPU "
         "(--device cuda:0)"
     )
     assert "file is a file" in error
