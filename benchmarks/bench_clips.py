@@ -17,7 +17,9 @@ annotated object crosses in other frames (the reason is recorded). It is built t
   in sRGB 0..1 (the engine linearises the sRGB JPEGs: the atlas is scene-linear, the plate as
   read is not);
 - `leak_pct`: share of a test paint's comp (`rna_engine.apply`) that lands on the object
-  (eroded 5 px), measured against the comp of the unedited atlas.
+  (eroded 5 px), measured against the comp of the unedited atlas. The share is of at least
+  the paint of the reference frame scaled by the tracked-ROI area: when the object hides
+  almost all the paint, the few painted pixels left are not reported as a large share.
 
 Prints a table per clip sorted worst frame first (lowest visible coverage), writes
 `<out>/clips_per_frame.json`, `<out>/clips_summary.json` and `<out>/<clip>_worst.png` (plate,
@@ -134,7 +136,8 @@ def score_clip(
             ApplySettings(filter="linear"),
             frames=numbers,
         )
-    rows = []
+    rows: list[dict[str, Any]] = []
+    paints: list[tuple[np.ndarray, np.ndarray]] = []
     for k, number in enumerate(numbers):
         passes = io.read_image(paths.pass_path(number))
         uv = passes.select(("rna_uv.u", "rna_uv.v"))
@@ -148,7 +151,8 @@ def score_clip(
         recon = sample_stmap(atlas[..., :3], uv, "linear") * shade
         painted = io.read_image(comps["painted"][k]).pixels[..., :3]
         plain = io.read_image(comps["plain"][k]).pixels[..., :3]
-        leak = m.paint_share(m.paint_amount(painted, plain), m.grow(obj[number], -GROW_PX))
+        paint = m.paint_amount(painted, plain)
+        paints.append((paint, m.grow(obj[number], -GROW_PX)))
         cover = m.share(matte > 0.5, outside)
         hidden = m.share(matte < 0.5, inside)
         rows.append(
@@ -163,9 +167,13 @@ def score_clip(
                 "atlas_psnr": m.region_psnr(
                     linear_to_srgb(np.clip(recon, 0, 1)), plate_rgb, outside
                 ),
-                "leak_pct": None if leak is None else 100 * leak,
             }
         )
+    ref = next((k for k, row in enumerate(rows) if row["distance"] == 0), None)
+    full = 0.0 if ref is None else float(paints[ref][0].sum()) / max(rows[ref]["tracked_px"], 1)
+    for row, (paint, on_object) in zip(rows, paints, strict=True):
+        leak = m.paint_share(paint, on_object, at_least=full * row["tracked_px"])
+        row["leak_pct"] = None if leak is None else 100 * leak
     worst = m.worst_first(rows, "visible_coverage_pct", True)[0]
     k = numbers.index(worst["frame"])
     contact_sheet(name, worst, plate, paths, comps["painted"][k], out / f"{name}_worst.png")

@@ -119,9 +119,13 @@ def paint_amount(comp: np.ndarray, base: np.ndarray) -> np.ndarray:
     return np.abs(comp[..., :3] - base[..., :3]).sum(-1)
 
 
-def paint_share(paint: np.ndarray, region: np.ndarray) -> float | None:
-    """Share of the total `paint_amount` that lands in `region`; None when nothing was painted."""
-    total = float(paint.sum())
+def paint_share(paint: np.ndarray, region: np.ndarray, at_least: float = 0.0) -> float | None:
+    """Share of the total `paint_amount` that lands in `region`; None when nothing was painted.
+
+    `at_least`: the total is taken as at least this, e.g. the paint a full view of the surface
+    receives, so that a frame whose paint is almost all (rightly) hidden does not report the
+    few painted pixels left as a large share."""
+    total = max(float(paint.sum()), at_least)
     return None if total <= 1e-9 else float(paint[region].sum()) / total
 
 

@@ -55,6 +55,9 @@ def test_shares_and_paint() -> None:
     paint = metrics.paint_amount(comp, base)
     assert metrics.paint_share(paint, ~region) == pytest.approx(0.7)
     assert metrics.paint_share(np.zeros((2, 2)), region) is None
+    # A full view would receive 10: the 0.7 on the region is 7 % of it, not 70 %.
+    assert metrics.paint_share(paint, ~region, at_least=10.0) == pytest.approx(0.07)
+    assert metrics.paint_share(paint, ~region, at_least=0.5) == pytest.approx(0.7)
     assert metrics.iou_counts(cond, region) == (1, 4)
 
 
