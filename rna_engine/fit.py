@@ -109,8 +109,9 @@ class FitResult:
     evidence: list[dict[str, float | None]] = field(default_factory=list)
     """Per frame index, at the start of the refinement (`Fitter.refine`): the share of the
     candidate set Ω with M > 0.5 after the joint fit (`mask_joint`), evidenced as an occluder
-    (`occluder_evidence`), of those by the reference landing alone (`occluder_landing`) and
-    tied to the surface by a match (`surface_tied`); None where Ω is empty. Kept in the
+    (`occluder_evidence`), of those by the reference landing alone (`occluder_landing`),
+    tied to the surface by a match (`surface_tied`) and not pulled toward visible because
+    nothing ties or explains them (`surface_unsure`); None where Ω is empty. Kept in the
     checkpoint; empty when the refinement is off."""
 
 

@@ -217,21 +217,22 @@ def findings(
             "matched to the reference frame there (tracked from the neighbouring frames only): "
             "low confidence, check the paint there"
         )
+    psnr = columns["psnr_atlas"]
     lost = [
         t
-        for t, f in enumerate(per_frame)
-        if (v := f.get("psnr_atlas")) is not None
+        for t, v in enumerate(psnr)
+        if v is not None
         and math.isfinite(v)
         and v < settings.min_frame_psnr_db
-        and (f.get("roi_pixels") or 0) > 0
+        and (columns["roi_pixels"][t] or 0) > 0
     ]
     if lost:
-        w = min(lost, key=lambda t: per_frame[t]["psnr_atlas"])
+        w = min(lost, key=lambda t: psnr[t])
         warnings.append(
             f"{len(lost)} of {len(per_frame)} frames "
             f"({format_frames([frame_numbers[t] for t in lost])}): the atlas does not "
             f"reconstruct the tracked ROI (under {settings.min_frame_psnr_db:g} dB; worst frame "
-            f"{frame_numbers[w]}: {per_frame[w]['psnr_atlas']:.1f} dB): the tracking is lost "
+            f"{frame_numbers[w]}: {psnr[w]:.1f} dB): the tracking is lost "
             "there: low confidence, check the paint there"
         )
     for t in sorted(flagged):
