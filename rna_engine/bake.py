@@ -225,8 +225,10 @@ def bake_frame(
     if previous_matte is not None:
         prev = previous_matte[y0 : y0 + h, x0 : x0 + w]
     # The ROI carried to this frame through the UVs: only occluder edges get matted, and the
-    # ROI's own (artist-drawn) border stays as drawn.
+    # ROI's own (artist-drawn) border stays as drawn. Where the camera prior cannot put the ROI
+    # (`fit.camera_gate`), T has lost the surface: no ROI there.
     roi_tracked = sample_stmap(roi_plate[..., None], uv, "linear")[..., 0]
+    roi_tracked = roi_tracked * q["in_view"].reshape(h, w)
     matte_free = soft_matte(
         guide,
         mask,

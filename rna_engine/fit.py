@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import evidence, losses
 from .cache import atomic_path
-from .camera import normalised
+from .camera import normalised, roi_region
 from .context import RunContext
 from .errors import FitDiverged, InputError
 from .fields import RNAFields
@@ -111,8 +111,40 @@ class FitResult:
     candidate set Ω with M > 0.5 after the joint fit (`mask_joint`), evidenced as an occluder
     (`occluder_evidence`), of those by the reference landing alone (`occluder_landing`),
     tied to the surface by a match (`surface_tied`) and not pulled toward visible because
-    nothing ties or explains them (`surface_unsure`); None where Ω is empty. Kept in the
-    checkpoint; empty when the refinement is off."""
+    nothing ties or explains them (`surface_unsure`); None where Ω is empty; and the share of
+    the ROI's pull-back through T that the camera gate dropped (`camera_gated`, None where T
+    lands nothing in the ROI). Kept in the checkpoint; empty when the refinement is off."""
+    camera_region: tuple[float, float, float, float] | None = None
+    """(x0, y0, x1, y1) reference working pixels: the camera gate (`camera_gate`,
+    `refine.camera_gate`); None: no gate."""
+
+
+def camera_gate(
+    model: RNAFields,
+    geometry: Geometry,
+    region: tuple[float, float, float, float] | None,
+    xyt_norm: Tensor,
+) -> Tensor | None:
+    """(P,) bool: the camera prior H_t maps each (x, y, t) inside `region` (reference working
+    pixels); None without a prior or a region (everything passes). The ROI's surface can only
+    be where the camera puts it: where T lands a pixel in the ROI far from there, T has lost
+    the surface (`refine.camera_gate`)."""
+    if region is None or not model.has_camera:
+        return None
+    px = geometry.uv_to_px(model.camera_base(xyt_norm))
+    x0, y0, x1, y1 = region
+    return (px[:, 0] >= x0) & (px[:, 0] <= x1) & (px[:, 1] >= y0) & (px[:, 1] <= y1)
+
+
+def camera_region_for(roi: Tensor, grow: float) -> tuple[float, float, float, float] | None:
+    """The gate's box: the ROI's bounding box grown by `grow` of its size per side + 8 px
+    (`camera.roi_region`, the region the prior is fitted on); None when `grow` < 0."""
+    if grow < 0:
+        return None
+    corners = roi_region(roi.detach().cpu().numpy(), grow)
+    x0, y0 = corners.min(0).tolist()
+    x1, y1 = corners.max(0).tolist()
+    return (x0, y0, x1, y1)
 
 
 def atlas_box_for(roi: Tensor, geometry: Geometry, margin: float = 0.25) -> tuple[float, ...]:
@@ -269,6 +301,9 @@ class Fitter:
             with torch.no_grad():
                 self.model.offset.copy_(measured_offsets(shot))
         self.model.to(self.device)
+        self.camera_region = (
+            camera_region_for(shot.roi, refine.camera_gate) if camera is not None else None
+        )
         self.use_graph = self._graph_capture(fit)
         # A captured graph draws from the default CUDA generator (graph-safe); elsewhere a
         # private seeded generator keeps CPU runs deterministic and resumable.
@@ -280,6 +315,7 @@ class Fitter:
         self.timings_s: dict[str, float] = {}
         self.steps_per_s: dict[str, float] = {}
         self.evidence: list[dict[str, float | None]] = []
+        self.gate_counts: Tensor | None = None
         n = shot.n_frames
         self.pretrain_steps = scaled_steps(fit.pretrain_steps, n, fit.scale_with_shot)
         self.iterations = scaled_steps(fit.iterations, n, fit.scale_with_shot)
@@ -708,7 +744,9 @@ class Fitter:
 
         Ω (docs/method.md §5.1): the reference ROI splatted into atlas space through T on the
         reference frame (max-combined, no lost duplicates: a fix of docs/method.md §8.2), then pulled back
-        through T of every frame by a bilinear lookup > 0.5.
+        through T of every frame by a bilinear lookup > 0.5, where the camera gate lets it
+        (`camera_gate`; per frame the pull-back's pixels and those the gate dropped are kept in
+        `self.gate_counts`, (N, 2)).
         """
         shot, geo, model = self.shot, self.geometry, self.model
         n, h, w = shot.n_frames, shot.height, shot.width
@@ -733,6 +771,7 @@ class Fitter:
         cand = torch.empty(n, h, w, dtype=torch.bool, device=self.device)
         follows = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
         joint = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
+        gated = torch.zeros(n, 2, device=self.device)
         near = self.refine_settings.motion_surface_px
         corr = shot.corr
         prev: Tensor | None = None
@@ -752,13 +791,20 @@ class Fitter:
                 bwd = evidence.motion_residual(here, prev, corr.bwd[t], corr.bwd_valid[t].bool())
                 follows[t] |= bwd < near
             prev = here
-            cand[t] = (
+            lands = (
                 _sample_bilinear(
                     footprint, torch.zeros_like(tt, dtype=torch.long), p[:, 0], p[:, 1]
                 )
                 > 0.5
-            ).reshape(h, w)
+            )
+            gate = camera_gate(model, geo, self.camera_region, xyt)
+            if gate is not None:
+                gated[t, 0] = lands.sum()
+                gated[t, 1] = (lands & ~gate).sum()
+                lands &= gate
+            cand[t] = lands.reshape(h, w)
             joint[t] = (model.mask(xyt).reshape(h, w) > 0.5) & cand[t]
+        self.gate_counts = gated if self.camera_region is not None else None
         return pred, cand, follows, joint.sum((1, 2))
 
     @torch.no_grad()
@@ -797,7 +843,13 @@ class Fitter:
             )
             sets = evidence.sets_for(cand, occluder, err, rs.colour_threshold, unsure)
         self.evidence = _evidence_shares(
-            cand, joint_px, sets.occluder, tied, elsewhere, sets.surface & ~sets.pull
+            cand,
+            joint_px,
+            sets.occluder,
+            tied,
+            elsewhere,
+            sets.surface & ~sets.pull,
+            self.gate_counts,
         )
         return sets
 
@@ -899,6 +951,7 @@ class Fitter:
             self.timings_s,
             self.steps_per_s,
             self.evidence,
+            self.camera_region,
         )
 
 
@@ -909,16 +962,23 @@ def _evidence_shares(
     tied: Tensor,
     elsewhere: Tensor,
     unsure: Tensor,
+    gate_counts: Tensor | None = None,
 ) -> list[dict[str, float | None]]:
     """`FitResult.evidence` from the refinement's maps (one host transfer): per frame the
     shares of Ω with M > 0.5 after the joint fit, in O, tied, in O by the reference landing
-    alone (the rest of O is the appearance rule), and unsure (not pulled toward 1)."""
+    alone (the rest of O is the appearance rule), unsure (not pulled toward 1), and the share
+    of T's pull-back the camera gate dropped (`gate_counts` (N, 2): pull-back, dropped)."""
     sets = (occluder, tied, elsewhere, unsure)
     counts = torch.stack([joint_px, *((m & cand).sum((1, 2)) for m in sets), cand.sum((1, 2))], 1)
     keys = ("mask_joint", "occluder_evidence", "surface_tied", "occluder_landing", "surface_unsure")
     out: list[dict[str, float | None]] = []
-    for *values, a in counts.cpu().tolist():
-        out.append({k: (round(v / a, 4) if a else None) for k, v in zip(keys, values, strict=True)})
+    gate = [] if gate_counts is None else gate_counts.cpu().tolist()
+    for t, (*values, a) in enumerate(counts.cpu().tolist()):
+        row = {k: (round(v / a, 4) if a else None) for k, v in zip(keys, values, strict=True)}
+        if gate:
+            back, dropped = gate[t]
+            row["camera_gated"] = round(dropped / back, 4) if back else None
+        out.append(row)
     return out
 
 
@@ -943,10 +1003,11 @@ def query_fields(
         x, y: (P,) float32 working-resolution pixel positions (centres at integers), any density.
     Returns:
         uv_norm (P, 2), mask (P,), shade (P, 3), atlas (P, 3) working-encoded A(T(p)), shaded
-        (P, 3) Î = the frame grade of S·A.
+        (P, 3) Î = the frame grade of S·A, in_view (P,) bool: the camera gate (`camera_gate`;
+        all True without one).
     """
     model, geo = result.model, result.geometry
-    keys = ("uv_norm", "mask", "shade", "atlas", "shaded")
+    keys = ("uv_norm", "mask", "shade", "atlas", "shaded", "in_view")
     outs: dict[str, list[Tensor]] = {k: [] for k in keys}
     for s in range(0, x.numel(), chunk):
         xs, ys = x[s : s + chunk], y[s : s + chunk]
@@ -958,4 +1019,6 @@ def query_fields(
         outs["shade"].append(shade)
         outs["atlas"].append(atlas)
         outs["shaded"].append(model.shaded(shade, atlas, xyt[:, 2]))
+        gate = camera_gate(model, geo, result.camera_region, xyt)
+        outs["in_view"].append(torch.ones_like(xs, dtype=torch.bool) if gate is None else gate)
     return {k: torch.cat(v) for k, v in outs.items()}

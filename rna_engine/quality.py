@@ -40,7 +40,8 @@ def frame_maps(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Tensor
 
     Returns:
         image (3, H, W) the plate, pred (3, H, W) S·A(T(p)), mask (H, W) M, region (H, W) bool
-        the tracked ROI Ω_t (pixels whose T lands in the reference ROI).
+        the tracked ROI Ω_t (pixels whose T lands in the reference ROI, where the camera gate
+        lets them: `fit.camera_gate`).
     """
     geo = result.geometry
     h, w = shot.height, shot.width
@@ -53,7 +54,8 @@ def frame_maps(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Tensor
     q = query_fields(result, xs.reshape(-1), ys.reshape(-1), t)
     p = geo.uv_to_px(q["uv_norm"])
     zero = torch.zeros(p.shape[0], dtype=torch.long, device=dev)
-    region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5).reshape(h, w)
+    region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5) & q["in_view"]
+    region = region.reshape(h, w)
     return {
         "image": shot.frames[t],
         "pred": q["shaded"].T.reshape(3, h, w),

@@ -308,6 +308,14 @@ class RefineSettings:
     atlas does not roughly explain (error ≥ ε·`occluded_factor`, `evidence.unexplained`). Off:
     M keeps the joint fit's value there, so a frame where T lost the surface is not painted
     wherever T points (car-turn's far frames, docs/method.md §5.3)."""
+    camera_gate: float = 0.5
+    """[OURS] The ROI stays where the camera prior can put it: a pixel is a candidate (in Ω,
+    and in the baked `roi_tracked`, so the matte is 0 elsewhere) only where the camera prior
+    H_t maps it inside the reference ROI's bounding box grown by this share of its size per
+    side (+ 8 px), the region the prior was fitted on (`camera.roi_region`). Where T has lost
+    the surface after the ROI left the frame, T still lands pixels in the ROI (car-turn's last
+    20 frames, docs/method.md §5.4); the gate drops them and the frame reports the ROI out of
+    view. Negative: off; no effect without a camera prior (`flow.camera` off)."""
     occluded_factor: float = 4.0
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real

@@ -98,6 +98,7 @@ def run_bake(
     reporter: Recorder | None = None,
     cancel: CancelToken | None = None,
     read_plate: Callable[[int], np.ndarray] | None = None,
+    result: FitResult | None = None,
 ) -> BuildPaths:
     paths = BuildPaths(root / "v001")
     shot = case.shot
@@ -110,7 +111,7 @@ def run_bake(
         return shot.plate_linear[shot.frame_numbers.index(number)]
 
     bake(
-        case.result,
+        result or case.result,
         shot.frame_numbers,
         read_plate or plate,
         lambda number: case.holdout,
@@ -153,6 +154,21 @@ def test_passes_do_not_depend_on_the_number_of_workers(case: Case, tmp_path: Pat
     # Not a trivial cache: the matte has soft values.
     matte = io.read_image(one.pass_path(case.shot.frame_numbers[0])).channel("rna_matte.m")
     assert 0.0 < float(matte.mean()) < 1.0 and np.any((matte > 0.05) & (matte < 0.95))
+
+
+def test_no_matte_where_the_camera_prior_cannot_put_the_roi(case: Case, tmp_path: Path) -> None:
+    """`refine.camera_gate` in the bake: with a prior that puts every pixel away from the ROI
+    (the ROI has left the frame, T has not), the tracked ROI and the matte are empty."""
+    import dataclasses
+
+    assert case.result.camera_region is not None
+    away = dataclasses.replace(case.result, camera_region=(-1e4, -1e4, -9e3, -9e3))
+    kept = run_bake(case, tmp_path / "kept", workers=1)
+    dropped = run_bake(case, tmp_path / "dropped", workers=1, result=away)
+    for number in case.shot.frame_numbers:
+        before = io.read_image(kept.pass_path(number)).channel("rna_matte.m")
+        after = io.read_image(dropped.pass_path(number)).channel("rna_matte.m")
+        assert float(before.sum()) > 100.0 and float(after.max()) == 0.0, number
 
 
 def test_progress_counts_files_written(case: Case, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from rna_engine import losses
 from rna_engine.camera import TrackAhead, apply_homography, normalised, plausible
 from rna_engine.context import RunContext
 from rna_engine.fields import RNAFields
+from rna_engine.fit import Geometry, camera_gate, camera_region_for
 from rna_engine.flow import compute_correspondences
 from rna_engine.settings import FitSettings, FlowSettings
 from rna_engine.synth import make_shot
@@ -120,6 +121,35 @@ def test_fields_start_as_the_camera_prior() -> None:
     assert not plain.has_camera
     assert torch.equal(plain.camera_base(xyt), xyt[:, :2])
     assert plain.uv(xyt).abs().max() < 1.0  # the authors' tanh(MLP) keeps its range
+
+
+def test_the_camera_gate_passes_what_the_prior_maps_inside_the_grown_roi() -> None:
+    """`fit.camera_gate`: a pixel passes where H_t puts it in the ROI's box grown by the
+    setting's share per side (+ 8 px), whatever T's residual does."""
+    width, height, n = 96, 64, 3
+    geo = Geometry(width, height, n)
+    roi = torch.zeros(height, width)
+    roi[20:40, 30:50] = 1.0  # 20 × 20 px
+    region = camera_region_for(roi, 0.5)
+    assert region == (12.0, 2.0, 67.0, 57.0)  # 10 px + 8 px of pad around cols 30-49, rows 20-39
+    assert camera_region_for(roi, -1.0) is None
+    shift = np.array([[1.0, 0, 60.0], [0, 1, 0], [0, 0, 1]])  # frame 2 sees the ROI 60 px left
+    px = np.stack([np.eye(3), np.eye(3), shift])
+    camera = torch.from_numpy(normalised(px, geo.half_rez))
+    model = RNAFields(FitSettings(mapping_width=32), camera=camera)
+    with torch.no_grad():  # a residual that drags every pixel of frame 2 back by 60 px
+        model.mapping[-1].bias.copy_(torch.tensor([-60.0 / geo.half_rez, 0.0]))
+    xs = torch.tensor([40.0, 40.0, 70.0, 5.0])
+    ys = torch.full_like(xs, 30.0)
+    for t, expected in ((0, [True, True, False, False]), (2, [False, False, False, True])):
+        xyt = geo.xyt_norm(xs, ys, torch.full_like(xs, float(t)))
+        gate = camera_gate(model, geo, region, xyt)
+        assert gate is not None and gate.tolist() == expected, t
+    # T (prior + residual) puts frame 2's x = 40 inside the ROI; the gate does not follow T.
+    xyt = geo.xyt_norm(xs[:1], ys[:1], torch.full_like(xs[:1], 2.0))
+    assert 30 <= float(geo.uv_to_px(model.uv(xyt)).detach()[0, 0]) <= 49
+    assert camera_gate(model, geo, None, xyt) is None
+    assert camera_gate(RNAFields(FitSettings(mapping_width=32)), geo, region, xyt) is None
 
 
 def test_rigidity_relative_to_the_prior_does_not_penalise_the_camera() -> None:

@@ -206,6 +206,35 @@ def test_candidates_the_atlas_does_not_explain_are_not_pulled_toward_one(
     assert float((every.pull[r] & ~sets.pull[r]).sum() / cand[r].sum()) <= 0.01
 
 
+def test_the_camera_gate_keeps_the_tracked_roi_and_drops_what_the_prior_puts_elsewhere(
+    case: Case, fitted: tuple
+) -> None:
+    """`refine.camera_gate`: where T holds the surface it agrees with the camera prior and the
+    gate drops nothing; where the prior puts every pixel away from the ROI, Ω and the QC's
+    tracked ROI are empty whatever T says (docs/method.md §5.4)."""
+    import dataclasses
+
+    from rna_engine.quality import frame_maps
+
+    result, _, fitter = fitted
+    assert result.camera_region is not None
+    gated = [e.get("camera_gated") for e in result.evidence]
+    assert all(g is not None for g in gated) and max(gated) <= 0.01
+    away = (-1e4, -1e4, -9e3, -9e3)
+    fitter.camera_region = away
+    try:
+        _, cand, _, _ = fitter._prediction_and_candidates()
+        counts = fitter.gate_counts
+    finally:
+        fitter.camera_region = result.camera_region
+    assert counts is not None and not bool(cand.any())
+    assert float(counts[:, 0].min()) > 100 and torch.equal(counts[:, 0], counts[:, 1])
+    r = case.shot.reference_index
+    kept = frame_maps(result, fitter.shot, r)["region"]
+    dropped = frame_maps(dataclasses.replace(result, camera_region=away), fitter.shot, r)
+    assert int(kept.sum()) > 100 and not bool(dropped["region"].any())
+
+
 def test_the_bootstrap_term_ignores_pixels_without_a_reference_match(case: Case) -> None:
     """`fit.bootstrap_matched_only`: B_t = 0 where the t → r match failed is not a target."""
     corr, r = case.tensors.corr, case.shot.reference_index
