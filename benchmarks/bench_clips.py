@@ -8,7 +8,11 @@ gets the ROI box and reference frame of `CLIPS`: background at the reference fra
 annotated object crosses in other frames (the reason is recorded). It is built through
 `python -m rna_engine build` and scored per frame, at plate resolution:
 
-- `tracked_px`: pixels whose UV lands in the reference ROI (the tracked ROI);
+- `tracked_px`: pixels whose UV lands in the reference ROI (the tracked ROI), none on a frame
+  whose `qc/report.json` has no tracked ROI (`roi_pixels` 0: the camera prior puts the ROI
+  out of view, `refine.camera_gate`; the UV there is T's and means nothing). On a frame the
+  gate cuts only in part, the UV's tracked ROI still counts the cut pixels: coverage there is
+  a lower bound;
 - `visible_coverage_pct`: share of tracked-ROI pixels outside the object (dilated 5 px) with
   `rna_matte.m` > 0.5;
 - `occluded_hidden_pct`: share of tracked-ROI pixels inside the object (eroded 5 px) with
@@ -29,6 +33,7 @@ matte, paint comp of the worst frame, labelled). Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,6 +141,8 @@ def score_clip(
             ApplySettings(filter="linear"),
             frames=numbers,
         )
+    qc = json.loads((paths.qc_dir / "report.json").read_text())
+    out_of_view = {f["frame"] for f in qc["frames"] if f.get("roi_pixels") == 0}
     rows: list[dict[str, Any]] = []
     paints: list[tuple[np.ndarray, np.ndarray]] = []
     for k, number in enumerate(numbers):
@@ -145,7 +152,7 @@ def score_clip(
         shade = passes.select(("rna_shade.red", "rna_shade.green", "rna_shade.blue"))
         image = io.read_image(io.frame_path(plate, number))
         plate_rgb = image.select(io.rgb_channel_names(image.channels))
-        tracked = m.tracked_region(roi, uv)
+        tracked = m.tracked_region(roi, uv) & (number not in out_of_view)
         outside = tracked & ~m.grow(obj[number], GROW_PX)
         inside = tracked & m.grow(obj[number], -GROW_PX)
         recon = sample_stmap(atlas[..., :3], uv, "linear") * shade

@@ -285,6 +285,7 @@ class TrackAhead:
         self.tracker = tracker
         self._results: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(list(order), inputs), name="camera-track", daemon=True
         )
@@ -306,6 +307,8 @@ class TrackAhead:
                     return
         except BaseException as exc:  # handed to the consumer, raised in `get`
             self._put((-1, exc))
+        finally:
+            self._finished.set()
 
     def get(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """The guided flow t → r and its validity (`CameraTracker.step`)."""
@@ -317,9 +320,23 @@ class TrackAhead:
         return value  # type: ignore[return-value]
 
     def close(self) -> CameraTrack:
-        """Stop the thread (if still running) and return the track so far."""
+        """Stop the thread (if still running), wait for it and return the track so far.
+
+        A signal (`Interrupted`) that lands during the wait is held until the thread is gone,
+        then raised: a daemon thread still inside OpenCV while the interpreter shuts down can
+        abort the process (SIGABRT) instead of the build ending `cancelled`."""
         self._stop.set()
+        held: BaseException | None = None
+        while True:  # not Thread.join: interrupted, it can report a running thread stopped
+            try:
+                while not self._finished.wait(timeout=0.1):
+                    pass
+                break
+            except BaseException as exc:  # re-raised once the thread is gone
+                held = held or exc
         self._thread.join()
+        if held is not None:
+            raise held
         return self.tracker.track()
 
 

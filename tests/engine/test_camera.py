@@ -7,6 +7,9 @@ frame, so a homography per frame and the guided t→r matches can be scored exac
 from __future__ import annotations
 
 import math
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -198,3 +201,31 @@ def test_track_ahead_keeps_the_order_and_raises_the_threads_error() -> None:
     with pytest.raises(ValueError, match="frame 4: broken"):
         ahead.get(4)
     assert ahead.close() == [5, 6]
+
+
+def test_closing_the_track_ahead_waits_for_its_thread_through_a_signal() -> None:
+    """A Ctrl-C landing while `TrackAhead.close` waits is raised only once the camera thread
+    has stopped: a daemon thread left inside OpenCV at interpreter exit aborts the process."""
+
+    class SlowTracker:
+        def step(self, t: int, flow: object, ok: object) -> tuple[np.ndarray, np.ndarray]:
+            time.sleep(0.4)
+            return np.zeros((2, 2, 2), np.float32), np.zeros((2, 2), bool)
+
+        def track(self) -> str:
+            return "track"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    ahead = TrackAhead(SlowTracker(), [0, 1, 2], lambda t: (None, None), depth=1)  # type: ignore[arg-type]
+    time.sleep(0.05)  # the thread is inside its first step
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ahead.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not any(t.name == "camera-track" for t in threading.enumerate())

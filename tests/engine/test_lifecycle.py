@@ -108,7 +108,7 @@ def test_signal_mid_build_ends_cancelled_with_exit_130(
     assert running["pid"] == proc.pid and running["host"] == socket.gethostname()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == f"rna-engine: cancelled ({sig.name})"
     final = json.loads(status_path.read_text())
     assert final["state"] == "cancelled" and final["message"] == f"cancelled ({sig.name})"
