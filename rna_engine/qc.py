@@ -28,7 +28,13 @@ from .fit import FitResult, ShotTensors
 from .gpu_memory import StageMemory
 from .io import write_png
 from .progress import ProgressTracker
-from .quality import findings, frame_maps, frame_measures
+from .quality import (
+    findings,
+    frame_maps,
+    frame_measures,
+    reference_alignment,
+    reference_alignment_warning,
+)
 from .settings import BuildSpec
 
 
@@ -118,6 +124,12 @@ def write_qc(
         per_frame.append({"frame": data.frame_numbers[t], **m})
         tracker.update("qc", (t + 1) / n, f"frame {data.frame_numbers[t]}")
     found = findings(per_frame, data.frame_numbers, spec.settings.qc)
+    alignment = reference_alignment(result, shot)
+    misaligned = reference_alignment_warning(
+        alignment, data.frame_numbers[shot.reference_index], spec.settings.qc
+    )
+    if misaligned is not None:
+        found["warnings"].insert(0, misaligned)
     index = {number: t for t, number in enumerate(data.frame_numbers)}
     worst_frames = {index[w["frame"]] for w in found["worst"].values() if w is not None}
     sheet_frames = sorted({0, shot.reference_index, n // 2, n - 1} | worst_frames)
@@ -135,6 +147,7 @@ def write_qc(
         "psnr_roi_mean": float(np.mean(vals)) if vals else None,
         "psnr_atlas_mean": float(np.mean(vals_atlas)) if vals_atlas else None,
         **found,
+        "reference_uv_error_px": {k: round(v, 3) for k, v in alignment.items()},
         "sheet_frames": [data.frame_numbers[t] for t in sheet_frames],
         "timings_s": {k: round(v, 3) for k, v in tracker.timings_s.items()},
         "fit_timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},

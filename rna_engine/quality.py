@@ -87,6 +87,36 @@ def frame_measures(maps: dict[str, Tensor]) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def reference_alignment(result: FitResult, shot: ShotTensors) -> dict[str, float]:
+    """‖T(p, r) − p‖ over the drawn ROI's pixels of the reference frame, in working pixels:
+    median, p90 and max. T is the identity there by definition (the atlas is the reference
+    frame's pixel grid); the position loss (Eq. 5) only pulls it toward it."""
+    rows, cols = torch.nonzero(shot.roi > 0.5, as_tuple=True)
+    xs, ys = cols.float(), rows.float()
+    q = query_fields(result, xs, ys, shot.reference_index)
+    p = result.geometry.uv_to_px(q["uv_norm"])
+    err = torch.linalg.vector_norm(p - torch.stack([xs, ys], 1), dim=1).double()
+    if err.numel() == 0:
+        return {"median": 0.0, "p90": 0.0, "max": 0.0}
+    median, p90 = torch.quantile(err, torch.tensor([0.5, 0.9], dtype=err.dtype, device=err.device))
+    return {"median": float(median), "p90": float(p90), "max": float(err.max())}
+
+
+def reference_alignment_warning(
+    alignment: dict[str, float], reference_frame: int, settings: QCSettings
+) -> str | None:
+    """The warning for `reference_alignment` above `qc.max_reference_uv_px`, or None."""
+    if alignment["p90"] <= settings.max_reference_uv_px:
+        return None
+    return (
+        f"reference frame {reference_frame}: the UV mapping is off by up to "
+        f"{alignment['max']:.1f} working px ({alignment['p90']:.1f} px on 10 % of the ROI; "
+        f"qc.max_reference_uv_px {settings.max_reference_uv_px:g}): the paint is displaced "
+        "on the frame it was drawn for; more fit.weights.position pins it"
+    )
+
+
+@torch.no_grad()
 def check_fit(result: FitResult, shot: ShotTensors, settings: QCSettings) -> dict[str, Any]:
     """Hard gates on the reference frame after the fit; its measures when they pass.
 

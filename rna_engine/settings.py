@@ -465,6 +465,11 @@ class QCSettings:
     min_frame_psnr_db: float = 18.0
     """Warning and low confidence: frames with the ROI in view whose atlas-only PSNR of the
     visible tracked ROI is under this (dB): T no longer points at the ROI's surface there."""
+    max_reference_uv_px: float = 1.0
+    """Warning: the UV mapping on the reference frame, where it is the identity by
+    definition (the atlas is that frame's pixel grid), is off by more than this many working
+    pixels on 10 % of the drawn ROI (`quality.reference_alignment`): the paint is displaced on
+    the very frame it was drawn for (measured on kite-surf: 12-19 px near the frame edge)."""
     drop_ratio: float = 0.6
     """Warning: a frame whose matte coverage or tracked-ROI area falls below this × the median
     of its neighbours (0..1)."""

@@ -130,6 +130,34 @@ def test_reference_frame_alignment_below_one_pixel(case: Case, fitted: tuple) ->
     assert float(error.mean()) < 1.0
 
 
+def test_qc_measures_and_warns_about_a_misaligned_reference_frame(
+    case: Case, fitted: tuple
+) -> None:
+    """`quality.reference_alignment`: the converged fit is the identity on the reference ROI;
+    T moved by 5 px there is measured as such and warned about (`qc.max_reference_uv_px`)."""
+    from rna_engine.quality import reference_alignment, reference_alignment_warning
+    from rna_engine.settings import QCSettings
+
+    result, _, _ = fitted
+    r = case.shot.reference_index
+    aligned = reference_alignment(result, case.tensors)
+    assert aligned["p90"] < 1.0 and aligned["median"] <= aligned["p90"] <= aligned["max"]
+    assert reference_alignment_warning(aligned, r, QCSettings()) is None
+    bias = result.model.mapping[-1].bias
+    before = bias.detach().clone()
+    with torch.no_grad():
+        bias[0] += 5.0 / result.geometry.half_rez
+    try:
+        moved = reference_alignment(result, case.tensors)
+    finally:
+        with torch.no_grad():
+            bias.copy_(before)
+    assert 4.0 < moved["median"] < 6.0
+    warning = reference_alignment_warning(moved, r, QCSettings())
+    assert warning is not None and f"reference frame {r}" in warning
+    assert "qc.max_reference_uv_px" in warning
+
+
 def test_fit_reports_the_matte_evidence_per_frame(case: Case, fitted: tuple) -> None:
     """`FitResult.evidence`: per frame, the occluder evidence follows the true occlusion."""
     result, _, _ = fitted

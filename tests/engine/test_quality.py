@@ -190,6 +190,8 @@ def test_a_fresh_process_build_on_device_auto_passes_the_gates_with_finite_passe
             assert np.isfinite(image.channel(name)).all(), f"{path.name}: {name}"
     ref = [f for f in report["frames"] if f["frame"] == manifest["reference_frame"]][0]
     assert ref["matte_coverage"] >= 0.5 and math.isfinite(ref["psnr_atlas"])
+    assert report["reference_uv_error_px"]["p90"] <= QCSettings().max_reference_uv_px
+    assert not any("UV mapping is off" in w for w in report["warnings"])
 
 
 def manifest_frames(manifest: dict[str, Any]) -> list[int]:
