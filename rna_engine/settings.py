@@ -314,7 +314,7 @@ class RefineSettings:
     H_t maps it inside the reference ROI's bounding box grown by this share of its size per
     side (+ 8 px), the region the prior was fitted on (`camera.roi_region`). Where T has lost
     the surface after the ROI left the frame, T still lands pixels in the ROI (car-turn's last
-    20 frames, docs/method.md §5.4); the gate drops them and the frame reports the ROI out of
+    16 frames, docs/method.md §5.4); the gate drops them and the frame reports the ROI out of
     view. Negative: off; no effect without a camera prior (`flow.camera` off)."""
     occluded_factor: float = 4.0
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
