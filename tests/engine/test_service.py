@@ -227,7 +227,9 @@ def test_wrong_or_missing_token_is_unauthorized_and_does_nothing(
 def test_submit_streams_progress_until_done(
     service: Service, runner: FakePipeline, tmp_path: Path
 ) -> None:
-    runner.step_s = 0.05  # slower than the tracker's 0.2 s throttle: several events per stage
+    # 4 steps a stage, each over half the tracker's 0.2 s throttle: several events per stage,
+    # also on a loaded machine (0.05 s gave 2 events on a fresh-clone CI run)
+    runner.step_s = 0.12
     submitted = client(service).call("build.submit", spec_for(tmp_path))["body"]
     assert submitted["existing"] is False
     first, events = subscribe_all(service, submitted["job_id"])
