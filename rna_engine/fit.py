@@ -598,6 +598,7 @@ class Fitter:
         xyt = geo.xyt_norm(xs, ys, ts)
         uv_all = model.uv(xyt)
         uv_p, uv_f, uv_b, uv_r, uv_dx, uv_dy = uv_all.split(b)
+        base = self._rigidity_base(xyt, b)
         m_all = model.mask(xyt[: 4 * b])
         m_p, m_f, m_b, m_r = m_all.split(b)
         atlas = model.atlas(uv_p)
@@ -634,10 +635,14 @@ class Fitter:
                 losses.masked_mean(losses.correspondence(uv_p, uv_f, m_p, px), fwd_ok)
                 + losses.masked_mean(losses.correspondence(uv_p, uv_b, m_p, px), bwd_ok)
             ),
-            "rigidity": w.rigidity
-            * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta, self._rigidity_base(xyt, b)).mean(),
+            "rigidity": w.rigidity * losses.rigidity(uv_p, uv_dx, uv_dy, px / delta, base).mean(),
             "residual_reg": w.residual_reg * losses.illumination(shade).mean(),
         }
+        if base is not None and w.prior_hold > 0:
+            terms["prior_hold"] = (
+                w.prior_hold
+                * losses.prior_hold(uv_p, base[0], m_p, px, self.fit.prior_hold_px).mean()
+            )
         pos_set = is_ref * (shot.roi[y, x] if self.fit.position_set == "roi" else 1.0)
         terms["position"] = w.position * losses.masked_mean(
             losses.position(uv_p, xyt[:b, :2]), pos_set

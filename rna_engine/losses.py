@@ -80,6 +80,15 @@ def position(uv_p: Tensor, xy_norm: Tensor) -> Tensor:
     return safe_norm(uv_p - xy_norm)
 
 
+def prior_hold(
+    uv_p: Tensor, base_p: Tensor, mask_p: Tensor, px_scale: float, free_px: float
+) -> Tensor:
+    """[ours] Per sample: (1 − M(p)) · max(‖T(p) − H_t(p)‖ px − `free_px`, 0), M detached, so
+    the term moves only T, and only where the mask says the ROI is not there."""
+    excess = (safe_norm(uv_p - base_p) * px_scale - free_px).clamp_min(0.0)
+    return (1.0 - mask_p.detach()) * excess
+
+
 def illumination(shade: Tensor) -> Tensor:
     """Eq. 8 per sample: mean over channels of (S − 1)²."""
     return ((shade - 1.0) ** 2).mean(1)

@@ -194,6 +194,11 @@ class LossWeights:
     """Position (Eq. 5)."""
     residual_reg: float = 0.8
     """Illumination regulariser (Eq. 8)."""
+    prior_hold: float = 0.0
+    """[OURS] Weight of the prior hold (docs/method.md §2.4): per working pixel that T's residual
+    over the camera prior exceeds `FitSettings.prior_hold_px`, weighted by 1 − M (detached).
+    Where M is 0 nothing else holds T, and after the ROI leaves the frame T lands unrelated
+    surface in the ROI (car-turn). No effect without a camera prior. 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,9 @@ class FitSettings:
     """[OURS] The bootstrap term (§2.8) applies only where the reference match is valid (and on
     the reference frame): B_t = 0 where the match failed says nothing about occlusion, and on
     far frames it covers most of the ROI."""
+    prior_hold_px: float = 10.0
+    """[OURS] Residual (working px) that the prior hold (`weights.prior_hold`) leaves free:
+    parallax and the prior's own error stay T's to fit."""
     position_set: Literal["roi", "frame"] = "roi"
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
@@ -279,6 +287,7 @@ class FitSettings:
         _require(self.lr_mlp > 0 and self.lr_hash > 0, "fit.lr_mlp", "learning rates must be > 0")
         _require(0 < self.lr_decay <= 1, "fit.lr_decay", "must be in (0,1]")
         _require(self.rigidity_delta_px > 0, "fit.rigidity_delta_px", "must be > 0")
+        _require(self.prior_hold_px >= 0, "fit.prior_hold_px", "must be >= 0")
         _require(self.log_every >= 1, "fit.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "fit.checkpoint_every", "must be >= 1")
 

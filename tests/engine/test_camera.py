@@ -229,3 +229,24 @@ def test_closing_the_track_ahead_waits_for_its_thread_through_a_signal() -> None
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert not any(t.name == "camera-track" for t in threading.enumerate())
+
+
+def test_the_prior_hold_moves_only_t_and_only_beyond_the_free_band() -> None:
+    """`fit.weights.prior_hold` (docs/method.md §2.4): zero inside `prior_hold_px` or where M
+    is 1; beyond, linear in the excess, scaled by 1 − M, pulling T toward the prior, never M."""
+    base = torch.zeros(4, 2)
+    px = 100.0  # uv_norm → working px
+    uv = torch.tensor([[0.05, 0.0], [0.3, 0.4], [0.3, 0.4], [0.0, 0.2]], requires_grad=True)
+    m = torch.tensor([0.0, 0.0, 0.75, 1.0 - 1e-5], requires_grad=True)
+    held = losses.prior_hold(uv, base, m, px, 10.0)
+    # ‖r‖ = 5 px (inside the band), 50 px at M 0, 50 px at M 0.75, 20 px at M ≈ 1.
+    torch.testing.assert_close(
+        held.detach(), torch.tensor([0.0, 40.0, 10.0, 1e-4]), atol=1e-4, rtol=0
+    )
+    held.sum().backward()
+    assert m.grad is None or float(m.grad.abs().max()) == 0.0
+    assert uv.grad is not None and float(uv.grad[0].abs().max()) == 0.0
+    # The gradient points away from the prior (descent moves T toward it), 1 − M times as hard.
+    direction = uv.grad[1] / uv.grad[1].norm()
+    torch.testing.assert_close(direction, torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(uv.grad[2], 0.25 * uv.grad[1])

@@ -387,3 +387,45 @@ def test_graph_capture_only_with_graph_safe_grids() -> None:
     assert not capture(HashGrid, "auto")
     with pytest.raises(InputError, match="fit.compile"):
         capture(HashGrid, "graph")
+
+
+def test_the_prior_hold_pulls_a_drifting_t_back_toward_the_camera_prior(case: Case) -> None:
+    """`fit.weights.prior_hold`: a residual of 30 working px over the camera prior, where M is
+    low, is a loss; one gradient step on that term alone shrinks the residual, and the term
+    is absent at weight 0 (the default)."""
+    sets = {**TINY_FIT, "fit": {**TINY_FIT["fit"], "weights": {"prior_hold": 0.05}}}
+    held = Case(case.shot, case.tensors, build_settings("draft", sets))
+    fitter = _fitter(held)
+    model, geo = fitter.model, fitter.geometry
+    assert model.has_camera
+    last = model.mapping[-1]
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([30.0, 0.0]) / geo.half_rez)
+    index = torch.randperm(
+        case.tensors.frames.numel() // 3, generator=torch.Generator().manual_seed(0)
+    )
+    index = index[:2048]
+    on = torch.ones(())
+
+    g = torch.Generator().manual_seed(1)
+    xyt = fitter.geometry.xyt_norm(
+        torch.rand(512, generator=g) * (case.tensors.width - 1),
+        torch.rand(512, generator=g) * (case.tensors.height - 1),
+        torch.randint(0, case.tensors.n_frames, (512,), generator=g).float(),
+    )
+
+    def residual_px() -> float:
+        with torch.no_grad():
+            return float((model.uv(xyt) - model.camera_base(xyt)).norm(dim=1).mean()) * geo.half_rez
+
+    before = residual_px()
+    term = fitter._joint_losses(index, on)[1]["prior_hold"]
+    assert float(term.detach()) > 0.05 * 0.2 * (before - 10.0)
+    model.zero_grad()
+    term.backward()
+    with torch.no_grad():
+        for p in model.mapping.parameters():
+            if p.grad is not None:
+                p -= 1e-3 * p.grad / max(float(p.grad.abs().max()), 1e-12)
+    assert residual_px() < before - 0.05
+    assert "prior_hold" not in _fitter(case)._joint_losses(index, on)[1]
