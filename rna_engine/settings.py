@@ -190,15 +190,20 @@ class LossWeights:
     """UV correspondence with adjacent frames (Eq. 6, second term)."""
     rigidity: float = 0.002
     """Rigidity (Eq. 4)."""
-    position: float = 0.6
-    """Position (Eq. 5)."""
+    position: float = 10.0
+    """Position (Eq. 5). [OURS] 10, not the authors' 0.6: at 0.6 T at the reference frame
+    itself was off by up to 11 working px on blackswan and 12–19 px next to the frame edge on
+    kite-surf, so the paint moved on the frame it was drawn for; at 10 it is off by ≤ 0.2 px and
+    the far frames improve too (H200: blackswan worst frame 80.6 → 85.0 %, kite-surf 44.7 →
+    65.3 %, BENCHMARKS.md)."""
     residual_reg: float = 0.8
     """Illumination regulariser (Eq. 8)."""
-    prior_hold: float = 0.0
-    """[OURS] Weight of the prior hold (docs/method.md §2.4): per working pixel that T's residual
-    over the camera prior exceeds `FitSettings.prior_hold_px`, weighted by 1 − M (detached).
-    Where M is 0 nothing else holds T, and after the ROI leaves the frame T lands unrelated
-    surface in the ROI (car-turn). No effect without a camera prior. 0 = off."""
+    prior_hold: float = 0.02
+    """[OURS] Weight of the prior hold (docs/method.md §2.10): per working pixel that T's
+    residual over the camera prior exceeds `FitSettings.prior_hold_px`, weighted by 1 − M
+    (detached). Where M is 0 nothing else holds T: after the ROI leaves the frame T landed
+    unrelated surface in the ROI (car-turn frames 60–63: 16–81 % coverage; with the hold the
+    ROI leaves the view cleanly). No effect without a camera prior. 0 = off."""
 
 
 @dataclass(frozen=True)
