@@ -140,6 +140,67 @@ def render_atlas(
     return out
 
 
+DETAIL_SHADE_FLOOR = 0.05
+"""Smallest linear shade the reference detail divides by (a 20× brightening at most)."""
+DETAIL_FULL_PX, DETAIL_NONE_PX = 0.5, 1.0
+"""T's displacement of the reference frame onto itself (plate px) up to which the reference
+detail has full weight, and from which it has none (a linear ramp between)."""
+DETAIL_MASK_FULL, DETAIL_MASK_NONE = 0.75, 0.25
+"""The same ramp on the reference frame's M: visible (full weight) from 0.75, none under 0.25."""
+
+
+def reference_detail(
+    atlas: np.ndarray,
+    result: FitResult,
+    fmt: PlateFormat,
+    plate_linear: np.ndarray,
+    space: WorkingSpace,
+    settings: BakeSettings,
+    device: torch.device,
+) -> tuple[np.ndarray, float]:
+    """[ours] The atlas with the reference frame's own pixels inside the ROI (docs/method.md
+    §6.1): `A ← A + w · (I_r / S_r − A)`, S_r the reference frame's linear shade (the pass's
+    `rna_shade`), w = ROI alpha × a ramp on M_r (0.25 → 0.75) × a ramp on |T(p, r) − p| (full under `DETAIL_FULL_PX`,
+    none from `DETAIL_NONE_PX` plate px). At the reference, shade × atlas(uv) then gives the
+    plate back; elsewhere the texture the field could only smooth.
+
+    Args:
+        atlas: (Ha, Wa, 4) `render_atlas`'s raster (modified copy returned).
+        plate_linear: (Hp, Wp, 3) float32 scene-linear reference plate.
+    Returns:
+        The atlas, and the share of the ROI's alpha that took the detail.
+    """
+    t, geo = result.reference_index, result.geometry
+    hp, wp = fmt.height, fmt.width
+    detail = np.zeros((hp, wp, 3), np.float32)
+    weight = np.zeros((hp, wp), np.float32)
+    rows_per_tile = max(1, settings.tile_px * settings.tile_px // max(wp, 1))
+    for r0 in range(0, hp, rows_per_tile):
+        h = min(rows_per_tile, hp - r0)
+        xp, yp = _pixel_grid(0, r0, wp, h, device)
+        with torch.no_grad():
+            q = query_fields(result, *fmt.working_xy(xp, yp), t)
+        st = uv_norm_to_stmap(q["uv_norm"], geo.width, geo.height)
+        moved = torch.hypot(st[:, 0] * wp - 0.5 - xp, (1.0 - st[:, 1]) * hp - 0.5 - yp)
+        ramp = ((DETAIL_NONE_PX - moved) / (DETAIL_NONE_PX - DETAIL_FULL_PX)).clamp(0, 1)
+        visible = ((q["mask"] - DETAIL_MASK_NONE) / (DETAIL_MASK_FULL - DETAIL_MASK_NONE)).clamp(
+            0, 1
+        )
+        w = (ramp * visible * q["in_view"]).float().cpu().numpy()
+        shade = shade_linear(q["shaded"].clamp(0, 1).cpu().numpy(), q["atlas"].cpu().numpy(), space)
+        lit = shade.min(-1) >= DETAIL_SHADE_FLOOR
+        plate = plate_linear[r0 : r0 + h].reshape(-1, 3)
+        detail[r0 : r0 + h] = (plate / np.maximum(shade, DETAIL_SHADE_FLOOR)).reshape(h, wp, 3)
+        weight[r0 : r0 + h] = (w * lit * np.isfinite(plate).all(-1)).reshape(h, wp)
+    ha, wa = atlas.shape[:2]
+    detail = np.nan_to_num(resize_area(detail, wa, ha), nan=0.0, posinf=0.0, neginf=0.0)
+    weight = np.clip(resize_area(weight[..., None], wa, ha)[..., 0], 0, 1) * atlas[..., 3]
+    out = atlas.copy()
+    out[..., :3] += weight[..., None] * (detail - atlas[..., :3])
+    roi = float(atlas[..., 3].sum())
+    return out, (float(weight.sum()) / roi if roi > 0 else 0.0)
+
+
 @dataclass
 class FramePass:
     """One frame's pass inside its data window, on the host, before the shade decode."""
@@ -304,6 +365,12 @@ def bake(
     n = len(frame_numbers)
     ctx.reporter.update("bake", 0.0, "atlas")
     atlas = render_atlas(result, fmt, roi_plate, space, bake_settings, device)
+    if bake_settings.reference_detail:
+        reference = frame_numbers[result.reference_index]
+        atlas, share = reference_detail(
+            atlas, result, fmt, read_plate(reference), space, bake_settings, device
+        )
+        log.info("bake: reference detail on %.1f %% of the ROI (frame %d)", 100 * share, reference)
     backend = load_backend(matte_settings, device)
     roi = torch.from_numpy(roi_plate).to(device)
     written = 0

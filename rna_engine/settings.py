@@ -446,6 +446,11 @@ class BakeSettings:
 
     atlas_scale: float = 1.0
     """Atlas raster size as a multiple of the plate format."""
+    reference_detail: bool = True
+    """[OURS] Inside the ROI the atlas takes the reference frame's own pixels divided by its
+    shade (`bake.reference_detail`, docs/method.md §6.1), where T maps the reference frame onto
+    itself within a pixel and M calls it visible: the atlas the artist paints on is the plate
+    at the reference, not the field's smoothed copy of it. Off: the atlas field everywhere."""
     tile_px: int = 512
     """Tile edge used when querying the fields at plate resolution."""
     margin_px: int = 16

@@ -220,3 +220,49 @@ def test_cancel_stops_the_bake_and_leaves_only_whole_files(case: Case, tmp_path:
     assert leftovers(paths) == []
     for path in written:
         assert set(io.read_image(path).channels) == set(PASS_CHANNELS)
+
+
+def test_the_reference_detail_gives_the_reference_plate_back_inside_the_roi_only(
+    case: Case, tmp_path: Path
+) -> None:
+    """`bake.reference_detail`: at the reference frame, shade × atlas(uv) is the plate itself
+    on the ROI (the field alone only approximates it); outside the ROI the atlas is the
+    field's, unchanged."""
+    import dataclasses
+
+    from rna_engine.stmap import sample_stmap
+
+    on = run_bake(case, tmp_path / "on", workers=1)
+    settings = case.settings
+    off_settings = dataclasses.replace(
+        settings, bake=dataclasses.replace(settings.bake, reference_detail=False)
+    )
+    off = run_bake(dataclasses.replace(case, settings=off_settings), tmp_path / "off", workers=1)
+    shot = case.shot
+    plate = shot.plate_linear[shot.reference_index]
+    number = shot.frame_numbers[shot.reference_index]
+    inside = synth_interior(shot.roi)
+    errors = {}
+    for label, paths in (("on", on), ("off", off)):
+        atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B"))
+        passes = io.read_image(paths.pass_path(number))
+        uv = passes.select(("rna_uv.u", "rna_uv.v"))
+        shade = passes.select(("rna_shade.red", "rna_shade.green", "rna_shade.blue"))
+        recon = shade * sample_stmap(atlas, uv, "linear")
+        rel = np.abs(recon - plate).max(-1) / np.maximum(np.abs(plate).max(-1), 1e-3)
+        errors[label] = rel[inside]
+    assert np.quantile(errors["on"], 0.9) < 5e-3, np.quantile(errors["on"], 0.9)
+    assert np.median(errors["off"]) > 10 * np.median(errors["on"])
+    a_on = io.read_image(on.atlas_exr).pixels
+    a_off = io.read_image(off.atlas_exr).pixels
+    outside = a_off[..., 3] == 0
+    assert outside.any() and np.array_equal(a_on[outside], a_off[outside])
+    assert np.array_equal(a_on[..., 3], a_off[..., 3])
+
+
+def synth_interior(roi: np.ndarray, px: int = 2) -> np.ndarray:
+    """ROI pixels at least `px` inside its border (bilinear lookups there see only the ROI)."""
+    import cv2
+
+    core = cv2.erode((roi > 0.5).astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8))
+    return core > 0
