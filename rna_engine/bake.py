@@ -143,62 +143,114 @@ def render_atlas(
 DETAIL_SHADE_FLOOR = 0.05
 """Smallest linear shade the reference detail divides by (a 20× brightening at most)."""
 DETAIL_FULL_PX, DETAIL_NONE_PX = 0.5, 1.0
-"""T's displacement of the reference frame onto itself (plate px) up to which the reference
-detail has full weight, and from which it has none (a linear ramp between)."""
+"""T's displacement of the reference frame onto itself (plate px) up to which its pixels have
+full weight in the reference detail, and from which they have none (a linear ramp between)."""
 DETAIL_MASK_FULL, DETAIL_MASK_NONE = 0.75, 0.25
-"""The same ramp on the reference frame's M: visible (full weight) from 0.75, none under 0.25."""
+"""The same ramp on a frame's M: visible (full weight) from 0.75, none under 0.25."""
+
+
+def detail_frames(n_frames: int, reference_index: int, count: int) -> list[int]:
+    """The `count` frame indices nearest the reference, the reference first, then alternately
+    before and after it (within the shot).
+
+    >>> detail_frames(10, 0, 3), detail_frames(10, 5, 4), detail_frames(3, 1, 9)
+    ([0, 1, 2], [5, 4, 6, 3], [1, 0, 2])
+    """
+    order = [reference_index]
+    for d in range(1, n_frames):
+        order += [t for t in (reference_index - d, reference_index + d) if 0 <= t < n_frames]
+    return order[: max(count, 0)]
 
 
 def reference_detail(
     atlas: np.ndarray,
     result: FitResult,
     fmt: PlateFormat,
-    plate_linear: np.ndarray,
+    plates: Callable[[int], np.ndarray],
+    frames: list[int],
     space: WorkingSpace,
     settings: BakeSettings,
     device: torch.device,
 ) -> tuple[np.ndarray, float]:
-    """[ours] The atlas with the reference frame's own pixels inside the ROI (docs/method.md
-    §6.1): `A ← A + w · (I_r / S_r − A)`, S_r the reference frame's linear shade (the pass's
-    `rna_shade`), w = ROI alpha × a ramp on M_r (0.25 → 0.75) × a ramp on |T(p, r) − p| (full under `DETAIL_FULL_PX`,
-    none from `DETAIL_NONE_PX` plate px). At the reference, shade × atlas(uv) then gives the
-    plate back; elsewhere the texture the field could only smooth.
+    """[ours] The atlas with the plate's own texture inside the ROI (docs/method.md §6.1).
+
+    Every visible plate pixel of the frames `frames` (indices; the reference first) divided by
+    its linear shade (the pass's `rna_shade`) is splatted bilinearly into the atlas at its UV;
+    the mean D replaces the field inside the ROI: `A ← A + w · (D − A)`, w = ROI alpha × the
+    splat weight a texel received (capped at 1). A pixel's weight is a ramp on its M (0.25 →
+    0.75); on the reference frame also a ramp on |T(p, r) − p| (full under `DETAIL_FULL_PX`,
+    none from `DETAIL_NONE_PX` plate px). With the reference alone, shade × atlas(uv) gives the
+    reference plate back, its grain included; more frames average the grain out.
 
     Args:
-        atlas: (Ha, Wa, 4) `render_atlas`'s raster (modified copy returned).
-        plate_linear: (Hp, Wp, 3) float32 scene-linear reference plate.
+        atlas: (Ha, Wa, 4) `render_atlas`'s raster (a modified copy is returned).
+        plates: frame index → (Hp, Wp, 3) float32 scene-linear plate.
     Returns:
         The atlas, and the share of the ROI's alpha that took the detail.
     """
-    t, geo = result.reference_index, result.geometry
+    geo = result.geometry
     hp, wp = fmt.height, fmt.width
-    detail = np.zeros((hp, wp, 3), np.float32)
-    weight = np.zeros((hp, wp), np.float32)
-    rows_per_tile = max(1, settings.tile_px * settings.tile_px // max(wp, 1))
-    for r0 in range(0, hp, rows_per_tile):
-        h = min(rows_per_tile, hp - r0)
-        xp, yp = _pixel_grid(0, r0, wp, h, device)
-        with torch.no_grad():
-            q = query_fields(result, *fmt.working_xy(xp, yp), t)
-        st = uv_norm_to_stmap(q["uv_norm"], geo.width, geo.height)
-        moved = torch.hypot(st[:, 0] * wp - 0.5 - xp, (1.0 - st[:, 1]) * hp - 0.5 - yp)
-        ramp = ((DETAIL_NONE_PX - moved) / (DETAIL_NONE_PX - DETAIL_FULL_PX)).clamp(0, 1)
-        visible = ((q["mask"] - DETAIL_MASK_NONE) / (DETAIL_MASK_FULL - DETAIL_MASK_NONE)).clamp(
-            0, 1
-        )
-        w = (ramp * visible * q["in_view"]).float().cpu().numpy()
-        shade = shade_linear(q["shaded"].clamp(0, 1).cpu().numpy(), q["atlas"].cpu().numpy(), space)
-        lit = shade.min(-1) >= DETAIL_SHADE_FLOOR
-        plate = plate_linear[r0 : r0 + h].reshape(-1, 3)
-        detail[r0 : r0 + h] = (plate / np.maximum(shade, DETAIL_SHADE_FLOOR)).reshape(h, wp, 3)
-        weight[r0 : r0 + h] = (w * lit * np.isfinite(plate).all(-1)).reshape(h, wp)
     ha, wa = atlas.shape[:2]
-    detail = np.nan_to_num(resize_area(detail, wa, ha), nan=0.0, posinf=0.0, neginf=0.0)
-    weight = np.clip(resize_area(weight[..., None], wa, ha)[..., 0], 0, 1) * atlas[..., 3]
+    total = torch.zeros(ha * wa, 3, device=device, dtype=torch.float64)
+    weight = torch.zeros(ha * wa, device=device, dtype=torch.float64)
+    rows_per_tile = max(1, settings.tile_px * settings.tile_px // max(wp, 1))
+    for t in frames:
+        plate_t = plates(t)
+        for r0 in range(0, hp, rows_per_tile):
+            h = min(rows_per_tile, hp - r0)
+            xp, yp = _pixel_grid(0, r0, wp, h, device)
+            with torch.no_grad():
+                q = query_fields(result, *fmt.working_xy(xp, yp), t)
+            st = uv_norm_to_stmap(q["uv_norm"], geo.width, geo.height)
+            visible = (q["mask"] - DETAIL_MASK_NONE) / (DETAIL_MASK_FULL - DETAIL_MASK_NONE)
+            w = visible.clamp(0, 1).double() * q["in_view"]
+            if t == result.reference_index:
+                moved = torch.hypot(st[:, 0] * wp - 0.5 - xp, (1.0 - st[:, 1]) * hp - 0.5 - yp)
+                w = w * ((DETAIL_NONE_PX - moved) / (DETAIL_NONE_PX - DETAIL_FULL_PX)).clamp(0, 1)
+            shaded, base = q["shaded"].clamp(0, 1).cpu().numpy(), q["atlas"].cpu().numpy()
+            shade = shade_linear(shaded, base, space)
+            plate = plate_t[r0 : r0 + h].reshape(-1, 3)
+            value = plate / np.maximum(shade, DETAIL_SHADE_FLOOR)
+            ok = (shade.min(-1) >= DETAIL_SHADE_FLOOR) & np.isfinite(value).all(-1)
+            w = w * torch.from_numpy(ok).to(device)
+            value = torch.from_numpy(np.where(ok[:, None], value, 0.0)).to(device).double()
+            _splat(
+                total, weight, st[:, 0] * wa - 0.5, (1.0 - st[:, 1]) * ha - 0.5, value, w, wa, ha
+            )
+    detail = (total / weight.clamp_min(1e-12)[:, None]).reshape(ha, wa, 3).float().cpu().numpy()
+    blend = weight.clamp(0, 1).reshape(ha, wa).float().cpu().numpy() * atlas[..., 3]
     out = atlas.copy()
-    out[..., :3] += weight[..., None] * (detail - atlas[..., :3])
+    out[..., :3] += blend[..., None] * (detail - atlas[..., :3])
     roi = float(atlas[..., 3].sum())
-    return out, (float(weight.sum()) / roi if roi > 0 else 0.0)
+    return out, (float(blend.sum()) / roi if roi > 0 else 0.0)
+
+
+def _splat(
+    total: Tensor,
+    weight: Tensor,
+    x: Tensor,
+    y: Tensor,
+    value: Tensor,
+    w: Tensor,
+    width: int,
+    height: int,
+) -> None:
+    """Add `value` (P, 3) with weights `w` (P,) at continuous pixel positions (x, y) (centres
+    at integers) into `total` (H·W, 3) and `weight` (H·W,), bilinearly (in place)."""
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    for dx, dy, k in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        xi, yi = (x0 + dx).long(), (y0 + dy).long()
+        inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height) & (w > 0)
+        idx = (yi * width + xi)[inside]
+        kw = (k * w)[inside]
+        total.index_add_(0, idx, value[inside] * kw[:, None])
+        weight.index_add_(0, idx, kw)
 
 
 @dataclass
@@ -366,11 +418,20 @@ def bake(
     ctx.reporter.update("bake", 0.0, "atlas")
     atlas = render_atlas(result, fmt, roi_plate, space, bake_settings, device)
     if bake_settings.reference_detail:
-        reference = frame_numbers[result.reference_index]
+        frames = detail_frames(n, result.reference_index, bake_settings.reference_detail)
         atlas, share = reference_detail(
-            atlas, result, fmt, read_plate(reference), space, bake_settings, device
+            atlas,
+            result,
+            fmt,
+            lambda t: read_plate(frame_numbers[t]),
+            frames,
+            space,
+            bake_settings,
+            device,
         )
-        log.info("bake: reference detail on %.1f %% of the ROI (frame %d)", 100 * share, reference)
+        log.info(
+            "bake: the plate's texture on %.1f %% of the ROI (%d frames)", 100 * share, len(frames)
+        )
     backend = load_backend(matte_settings, device)
     roi = torch.from_numpy(roi_plate).to(device)
     written = 0

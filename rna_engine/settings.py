@@ -446,11 +446,14 @@ class BakeSettings:
 
     atlas_scale: float = 1.0
     """Atlas raster size as a multiple of the plate format."""
-    reference_detail: bool = True
-    """[OURS] Inside the ROI the atlas takes the reference frame's own pixels divided by its
-    shade (`bake.reference_detail`, docs/method.md §6.1), where T maps the reference frame onto
-    itself within a pixel and M calls it visible: the atlas the artist paints on is the plate
-    at the reference, not the field's smoothed copy of it. Off: the atlas field everywhere."""
+    reference_detail: int = 0
+    """[OURS] Frames (the reference first, then its nearest neighbours) whose visible pixels,
+    divided by their shade and splatted into the atlas through T, replace the atlas field
+    inside the ROI (docs/method.md §6.1): the atlas shows the plate's own texture, not the
+    field's smoothed copy. 1 = the reference frame alone (shade × atlas gives it back exactly,
+    its grain included, which then rides on every frame); more frames average the grain out.
+    0 = off, the default (H200: atlas PSNR +1…+3.5 dB on bear, but on the grainy synthetic
+    `pan` the reference's grain cost 5 dB of edit PSNR, BENCHMARKS.md)."""
     tile_px: int = 512
     """Tile edge used when querying the fields at plate resolution."""
     margin_px: int = 16
@@ -461,6 +464,7 @@ class BakeSettings:
     def __post_init__(self) -> None:
         _require(0.25 <= self.atlas_scale <= 4, "bake.atlas_scale", "must be in 0.25..4")
         _require(self.tile_px >= 32, "bake.tile_px", "must be >= 32")
+        _require(self.reference_detail >= 0, "bake.reference_detail", "must be >= 0 (frames)")
         _require(self.margin_px >= 0, "bake.margin_px", "must be >= 0")
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rna_engine import colour, io, synth
-from rna_engine.bake import PlateFormat, bake
+from rna_engine.bake import PlateFormat, bake, shade_linear
 from rna_engine.cache import PASS_CHANNELS, BuildPaths
 from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
@@ -222,35 +222,42 @@ def test_cancel_stops_the_bake_and_leaves_only_whole_files(case: Case, tmp_path:
         assert set(io.read_image(path).channels) == set(PASS_CHANNELS)
 
 
+def with_detail(case: Case, frames: int) -> Case:
+    """The case with `bake.reference_detail` = `frames`."""
+    import dataclasses
+
+    bake = dataclasses.replace(case.settings.bake, reference_detail=frames)
+    return dataclasses.replace(case, settings=dataclasses.replace(case.settings, bake=bake))
+
+
+def reference_recon(paths: BuildPaths, case: Case) -> np.ndarray:
+    """(H, W, 3) shade × atlas(uv) of the reference frame, as the comp computes it."""
+    from rna_engine.stmap import sample_stmap
+
+    number = case.shot.frame_numbers[case.shot.reference_index]
+    atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B"))
+    passes = io.read_image(paths.pass_path(number))
+    uv = passes.select(("rna_uv.u", "rna_uv.v"))
+    shade = passes.select(("rna_shade.red", "rna_shade.green", "rna_shade.blue"))
+    return shade * sample_stmap(atlas, uv, "linear")
+
+
 def test_the_reference_detail_gives_the_reference_plate_back_inside_the_roi_only(
     case: Case, tmp_path: Path
 ) -> None:
-    """`bake.reference_detail`: at the reference frame, shade × atlas(uv) is the plate itself
-    on the ROI (the field alone only approximates it); outside the ROI the atlas is the
+    """`bake.reference_detail` = 1: at the reference frame, shade × atlas(uv) is the plate
+    itself on the ROI (the field alone only approximates it); outside the ROI the atlas is the
     field's, unchanged."""
-    import dataclasses
-
-    from rna_engine.stmap import sample_stmap
-
-    on = run_bake(case, tmp_path / "on", workers=1)
-    settings = case.settings
-    off_settings = dataclasses.replace(
-        settings, bake=dataclasses.replace(settings.bake, reference_detail=False)
-    )
-    off = run_bake(dataclasses.replace(case, settings=off_settings), tmp_path / "off", workers=1)
+    assert case.settings.bake.reference_detail == 0  # off by default
+    on = run_bake(with_detail(case, 1), tmp_path / "on", workers=1)
+    off = run_bake(case, tmp_path / "off", workers=1)
     shot = case.shot
     plate = shot.plate_linear[shot.reference_index]
-    number = shot.frame_numbers[shot.reference_index]
     inside = synth_interior(shot.roi)
     errors = {}
     for label, paths in (("on", on), ("off", off)):
-        atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B"))
-        passes = io.read_image(paths.pass_path(number))
-        uv = passes.select(("rna_uv.u", "rna_uv.v"))
-        shade = passes.select(("rna_shade.red", "rna_shade.green", "rna_shade.blue"))
-        recon = shade * sample_stmap(atlas, uv, "linear")
-        rel = np.abs(recon - plate).max(-1) / np.maximum(np.abs(plate).max(-1), 1e-3)
-        errors[label] = rel[inside]
+        rel = np.abs(reference_recon(paths, case) - plate).max(-1)
+        errors[label] = (rel / np.maximum(np.abs(plate).max(-1), 1e-3))[inside]
     assert np.quantile(errors["on"], 0.9) < 5e-3, np.quantile(errors["on"], 0.9)
     assert np.median(errors["off"]) > 10 * np.median(errors["on"])
     a_on = io.read_image(on.atlas_exr).pixels
@@ -258,6 +265,56 @@ def test_the_reference_detail_gives_the_reference_plate_back_inside_the_roi_only
     outside = a_off[..., 3] == 0
     assert outside.any() and np.array_equal(a_on[outside], a_off[outside])
     assert np.array_equal(a_on[..., 3], a_off[..., 3])
+
+
+def test_more_detail_frames_average_the_grain_out(case: Case) -> None:
+    """Plates made from the fit's own UVs and shade over a known texture, plus grain: the
+    reference alone puts its grain in the atlas; the mean of five frames' pixels, splatted
+    through T, is the texture with the grain averaged out."""
+    from rna_engine.bake import detail_frames, reference_detail
+    from rna_engine.fit import query_fields
+    from rna_engine.stmap import sample_stmap
+    from rna_engine.stmap_torch import uv_norm_to_stmap
+
+    shot, result, space = case.shot, case.result, case.space
+    p = shot.params
+    fmt = PlateFormat(p.width, p.height, p.width // 2, p.height // 2)
+    ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
+    texture = np.stack(
+        [0.4 + 0.2 * np.sin(xs / 5.0), 0.4 + 0.2 * np.cos(ys / 4.0), 0.3 + 0.0 * xs], -1
+    ).astype(np.float32)
+    rng = np.random.default_rng(3)
+    grain = 0.03
+    plates = {}
+    for t in range(shot.n_frames):
+        q = query_fields(
+            result, *fmt.working_xy(torch.from_numpy(xs.ravel()), torch.from_numpy(ys.ravel())), t
+        )
+        uv = uv_norm_to_stmap(q["uv_norm"], result.geometry.width, result.geometry.height)
+        uv = uv.float().numpy().reshape(p.height, p.width, 2)
+        shade = shade_linear(q["shaded"].clamp(0, 1).numpy(), q["atlas"].numpy(), space)
+        clean = shade.reshape(p.height, p.width, 3) * sample_stmap(texture, uv, "linear")
+        plates[t] = (clean + grain * rng.standard_normal(clean.shape)).astype(np.float32)
+    field = np.zeros((p.height, p.width, 4), np.float32)
+    field[..., 3] = shot.roi
+    inside = synth_interior(shot.roi, 3)
+    errors = {}
+    for k in (1, 5):
+        frames = detail_frames(shot.n_frames, shot.reference_index, k)
+        atlas, share = reference_detail(
+            field,
+            result,
+            fmt,
+            plates.__getitem__,
+            frames,
+            space,
+            case.settings.bake,
+            torch.device("cpu"),
+        )
+        assert share > 0.9
+        errors[k] = float(np.sqrt(((atlas[..., :3] - texture)[inside] ** 2).mean()))
+    assert grain * 0.5 < errors[1] < grain * 2.5, errors
+    assert errors[5] < 0.7 * errors[1], errors
 
 
 def synth_interior(roi: np.ndarray, px: int = 2) -> np.ndarray:
