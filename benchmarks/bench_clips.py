@@ -16,7 +16,8 @@ annotated object crosses in other frames (the reason is recorded). It is built t
 - `visible_coverage_pct`: share of tracked-ROI pixels outside the object (dilated 5 px) with
   `rna_matte.m` > 0.5;
 - `occluded_hidden_pct`: share of tracked-ROI pixels inside the object (eroded 5 px) with
-  `rna_matte.m` < 0.5;
+  `rna_matte.m` < 0.5; `occluded_hidden_m_pct` the same with the refined M (`rna_mask.m`):
+  where the two differ, the soft matte loses what M hid (or the reverse);
 - `atlas_psnr`: atlas × shade at the UV (bilinear) against the plate on the visible tracked ROI,
   in sRGB 0..1 (the engine linearises the sRGB JPEGs: the atlas is scene-linear, the plate as
   read is not);
@@ -26,8 +27,12 @@ annotated object crosses in other frames (the reason is recorded). It is built t
   almost all the paint, the few painted pixels left are not reported as a large share.
 
 Prints a table per clip sorted worst frame first (lowest visible coverage), writes
-`<out>/clips_per_frame.json`, `<out>/clips_summary.json` and `<out>/<clip>_worst.png` (plate,
-matte, paint comp of the worst frame, labelled). Not collected by pytest.
+`<out>/clips_per_frame.json`, `<out>/clips_summary.json`, `<out>/<clip>_worst.png` (plate,
+matte, paint comp and an occluder check of the worst frame by visible coverage, labelled) and
+`<out>/<clip>_worst_hidden.png` (the same for the worst frame by occluded hidden). The
+occluder check tile is the plate with the object's outline (yellow), its tracked-ROI pixels
+that the matte hides (green) and those it does not (red: paint would land on the object).
+Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ COLUMNS = (
     ("tracked_px", "tracked px", True, "{:d}"),
     ("visible_coverage_pct", "visible cover %", True, "{:.1f}"),
     ("occluded_hidden_pct", "occluded hidden %", True, "{:.1f}"),
+    ("occluded_hidden_m_pct", "hidden by M %", True, "{:.1f}"),
     ("atlas_psnr", "atlas dB", True, "{:.2f}"),
     ("leak_pct", "leak on object %", False, "{:.2f}"),
 )
@@ -149,6 +155,7 @@ def score_clip(
         passes = io.read_image(paths.pass_path(number))
         uv = passes.select(("rna_uv.u", "rna_uv.v"))
         matte = np.nan_to_num(passes.channel("rna_matte.m"), nan=0.0)
+        refined = np.nan_to_num(passes.channel("rna_mask.m"), nan=0.0)
         shade = passes.select(("rna_shade.red", "rna_shade.green", "rna_shade.blue"))
         image = io.read_image(io.frame_path(plate, number))
         plate_rgb = image.select(io.rgb_channel_names(image.channels))
@@ -162,6 +169,7 @@ def score_clip(
         paints.append((paint, m.grow(obj[number], -GROW_PX)))
         cover = m.share(matte > 0.5, outside)
         hidden = m.share(matte < 0.5, inside)
+        hidden_m = m.share(refined < 0.5, inside)
         rows.append(
             {
                 "frame": number,
@@ -171,6 +179,7 @@ def score_clip(
                 "object_in_roi_px": int(inside.sum()),
                 "visible_coverage_pct": None if cover is None else 100 * cover,
                 "occluded_hidden_pct": None if hidden is None else 100 * hidden,
+                "occluded_hidden_m_pct": None if hidden_m is None else 100 * hidden_m,
                 "atlas_psnr": m.region_psnr(
                     linear_to_srgb(np.clip(recon, 0, 1)), plate_rgb, outside
                 ),
@@ -181,33 +190,67 @@ def score_clip(
     for row, (paint, on_object) in zip(rows, paints, strict=True):
         leak = m.paint_share(paint, on_object, at_least=full * row["tracked_px"])
         row["leak_pct"] = None if leak is None else 100 * leak
-    worst = m.worst_first(rows, "visible_coverage_pct", True)[0]
-    k = numbers.index(worst["frame"])
-    contact_sheet(name, worst, plate, paths, comps["painted"][k], out / f"{name}_worst.png")
+    for key, suffix in (("visible_coverage_pct", "worst"), ("occluded_hidden_pct", "worst_hidden")):
+        worst = m.worst_first(rows, key, True)[0]
+        if worst[key] is None:
+            continue  # e.g. the object never enters the tracked ROI
+        k = numbers.index(worst["frame"])
+        sheet = out / f"{name}_{suffix}.png"
+        contact_sheet(name, worst, plate, paths, comps["painted"][k], roi, obj, sheet)
     return rows
 
 
+def occluder_check(
+    plate_rgb: np.ndarray, matte: np.ndarray, tracked: np.ndarray, obj: np.ndarray
+) -> np.ndarray:
+    """(H, W, 3) the plate with the object's outline (yellow) and its tracked-ROI pixels
+    (object eroded `GROW_PX`) that the matte hides (green) or not (red)."""
+    import cv2
+
+    inside = tracked & m.grow(obj, -GROW_PX)
+    tile = plate_rgb.copy()
+    shown = inside & (matte >= 0.5)
+    tile[inside & ~shown] = 0.5 * tile[inside & ~shown] + 0.5 * np.array([0.0, 1.0, 0.0])
+    tile[shown] = (1.0, 0.0, 0.0)
+    contours, _ = cv2.findContours(obj.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    edge = np.zeros(obj.shape, np.uint8)
+    cv2.drawContours(edge, contours, -1, 1, 1)
+    tile[edge > 0] = (1.0, 1.0, 0.0)
+    return tile
+
+
 def contact_sheet(
-    name: str, row: dict[str, Any], plate: Path, paths: BuildPaths, comp: Path, target: Path
+    name: str,
+    row: dict[str, Any],
+    plate: Path,
+    paths: BuildPaths,
+    comp: Path,
+    roi: np.ndarray,
+    obj: list[np.ndarray],
+    target: Path,
 ) -> None:
-    """Plate | matte | paint comp of one frame side by side, each labelled."""
+    """Plate | matte | paint comp | occluder check of one frame side by side, labelled."""
     import cv2
 
     number = row["frame"]
     image = io.read_image(io.frame_path(plate, number))
     plate_rgb = np.clip(image.select(io.rgb_channel_names(image.channels)), 0, 1)
-    matte = np.nan_to_num(io.read_image(paths.pass_path(number)).channel("rna_matte.m"), nan=0.0)
+    passes = io.read_image(paths.pass_path(number))
+    matte = np.nan_to_num(passes.channel("rna_matte.m"), nan=0.0)
+    tracked = m.tracked_region(roi, passes.select(("rna_uv.u", "rna_uv.v")))
     comp_rgb = np.clip(io.read_image(comp).pixels[..., :3], 0, 1)
     tiles = []
-    cover = row["visible_coverage_pct"]
-    cover_text = "-" if cover is None else f"{cover:.1f}%"
+    cover, hidden = row["visible_coverage_pct"], row["occluded_hidden_pct"]
     labels = (
         f"{name} frame {number} (ref {number - row['distance']})",
-        f"matte cover {cover_text}",
+        "matte cover " + ("-" if cover is None else f"{cover:.1f}%"),
+        "paint comp",
+        "object hidden " + ("-" if hidden is None else f"{hidden:.1f}%") + " (red: not)",
     )
+    check = occluder_check(plate_rgb, matte, tracked, obj[number])
     for tile, label in zip(
-        (plate_rgb, np.repeat(np.clip(matte, 0, 1)[..., None], 3, -1), comp_rgb),
-        (*labels, "paint comp"),
+        (plate_rgb, np.repeat(np.clip(matte, 0, 1)[..., None], 3, -1), comp_rgb, check),
+        labels,
         strict=True,
     ):
         bgr = np.ascontiguousarray((tile[..., ::-1] * 255).round().astype(np.uint8))
