@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from rna_engine.context import RunContext  # noqa: E402
 from rna_engine.fit import Fitter, ShotTensors  # noqa: E402
 from rna_engine.flow import compute_correspondences  # noqa: E402
 from rna_engine.inputs import resolve_inputs  # noqa: E402
+from rna_engine.kernels import make_hash_grid  # noqa: E402
 from rna_engine.pipeline import ingest  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
 
@@ -47,6 +49,13 @@ RECORD_KEYS = ("build_hash", "cache_format_version", "engine_version", "torch", 
 def load_fitter(cache: Path, refine: dict[str, str]) -> tuple[Fitter, list[int]]:
     """The build's Fitter with its checkpoint loaded (CPU) and the frame numbers; `refine`:
     refinement settings to override (name → value)."""
+    fitter, data, _ = load_build(cache, refine)
+    return fitter, list(data.frame_numbers)
+
+
+def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tuple[Fitter, Any, Any]:
+    """The build's Fitter with its checkpoint loaded on `device`, its ingested shot and its
+    spec; `refine`: refinement settings to override (name → value)."""
     import dataclasses
     import shutil
     import tempfile
@@ -59,18 +68,23 @@ def load_fitter(cache: Path, refine: dict[str, str]) -> tuple[Fitter, list[int]]
     work = Path(tempfile.mkdtemp(prefix="rna_evidence_"))
     for item in (cache / "work").iterdir():  # a copy: the Fitter may write its checkpoint
         shutil.copy(item, work / item.name)
-    ctx = RunContext(device="cpu", seed=spec.settings.seed, work_dir=work)
+    ctx = RunContext(device=device, seed=spec.settings.seed, work_dir=work)
     data = ingest(inputs, spec.settings.ingest, ctx)
-    roi = torch.from_numpy(data.roi_working)
-    frames = torch.from_numpy(data.working).permute(0, 3, 1, 2).contiguous()
+    roi = torch.from_numpy(data.roi_working).to(device)
+    frames = torch.from_numpy(data.working).permute(0, 3, 1, 2).contiguous().to(device)
     corr = compute_correspondences(frames, roi, data.reference_index, spec.settings.flow, ctx)
     shot = ShotTensors(frames, roi, data.reference_index, corr)
     rs = spec.settings.refine
     over = {k: type(getattr(rs, k))(v) for k, v in refine.items()}
-    fitter = Fitter(shot, spec.settings.fit, dataclasses.replace(rs, **over), ctx)
+    backend = spec.settings.fit.encoding_backend
+
+    def grid_factory(n_dims: int, grid_settings: Any) -> Any:  # the pipeline's, on `device`
+        return make_hash_grid(n_dims, grid_settings, backend, torch.device(device))
+
+    fitter = Fitter(shot, spec.settings.fit, dataclasses.replace(rs, **over), ctx, grid_factory)
     if fitter._load() is None:
         raise SystemExit(f"{cache / 'work'}: no usable fit checkpoint")
-    return fitter, list(data.frame_numbers)
+    return fitter, data, spec
 
 
 def object_masks(masks: Path, numbers: list[int], size: tuple[int, int]) -> np.ndarray:
