@@ -72,11 +72,9 @@ def main() -> int:
     rows = []
     for k in [int(v) for v in args.detail.split(",") if v.strip()]:
         root = out / f"detail_{args.shot}_{k}" / "v001"
-        paths = BuildPaths(root)
-        for folder in (paths.passes_dir, paths.atlas_exr.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+        paths = BuildPaths(root)  # the bake's atomic writes create the folders
         settings = dataclasses.replace(spec.settings.bake, reference_detail=k)
-        ctx = RunContext(device=args.device, seed=spec.settings.seed, work_dir=root / "work")
+        ctx = RunContext(device=args.device, seed=spec.settings.seed)
         t0 = time.perf_counter()
         bake(
             result,
