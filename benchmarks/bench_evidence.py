@@ -34,7 +34,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine import evidence  # noqa: E402
 from rna_engine.context import RunContext  # noqa: E402
 from rna_engine.fit import Fitter, ShotTensors  # noqa: E402
 from rna_engine.flow import compute_correspondences  # noqa: E402
@@ -108,19 +107,10 @@ def score(fitter: Fitter, numbers: list[int], cover: np.ndarray) -> list[dict[st
     """Per-frame shares of Ω (see the module docstring)."""
     import cv2
 
-    shot, rs, model, geo = fitter.shot, fitter.refine_settings, fitter.model, fitter.geometry
+    shot, model, geo = fitter.shot, fitter.model, fitter.geometry
     pred, cand, follows, joint_px = fitter._prediction_and_candidates()
     sets = fitter._refine_sets(pred, cand, follows, joint_px)  # the build's own sets
-    landing = evidence.reference_landing(
-        shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
-    )
-    tied = (landing > 0) | (follows & (landing == 0))
-    elsewhere = landing < 0
-    err = (pred - shot.frames).abs().mean(1)
-    floor = rs.colour_threshold * rs.occluded_factor
-    theta = evidence.occluder_threshold(
-        cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
-    )
+    tied, elsewhere, err, theta = fitter._ties(pred, cand, follows)
     h, w = shot.height, shot.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     kernel = np.ones((3, 3), np.uint8)

@@ -7,7 +7,9 @@ as an occluder; on `blackswan` it emptied the matte over open water. Here the ca
 occluder is evidenced: a valid reference match lands outside the reference ROI (the occluder
 matched to itself), or the atlas misses by more than a threshold (`occluder_threshold`) *and*
 nothing ties the pixel to the surface — no reference match into the ROI, no adjacent match that
-follows the surface (‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`).
+follows the surface (‖T_{t±1}(p + F(p)) − T_t(p)‖ < `motion_surface_px`). A tie by motion
+alone does not hold where the atlas misses the pixel by far more than the threshold
+(`motion_tie_factor`): something resting on the surface moves with it.
 
 Motion alone is not taken as evidence of an occluder: water and reflections move against the
 surface they lie on (measured on `blackswan`, H200: with motion as evidence the matte covered
@@ -59,13 +61,17 @@ def occluder_threshold(
     quantile: float,
     margin: float,
     min_px: int = 200,
+    surest: Tensor | None = None,
 ) -> Tensor:
     """Per frame (N,): the error above which an untied candidate counts as an occluder.
 
     `floor` (ε·`occluded_factor`), raised to `margin` × the `quantile` of the error on the
     frame's tied candidates (pixels a match puts on the surface): on a frame where even the
     surely visible surface misses the atlas by that much (water, a light change), so may the
-    rest of it. Frames with fewer than `min_px` tied candidates, or `quantile` 0, keep `floor`.
+    rest of it. `surest` ((N, H, W) bool, the reference ties): where a frame has at least
+    `min_px` of them, the quantile is over those alone — a motion tie also holds on something
+    resting on the surface, whose error would raise the threshold above its own. Frames with
+    fewer than `min_px` tied candidates, or `quantile` 0, keep `floor`.
     """
     n = err.shape[0]
     out = torch.full((n,), floor, device=err.device)
@@ -73,10 +79,35 @@ def occluder_threshold(
         return out
     for t in range(n):
         sure = err[t][cand[t] & tied[t]]
+        if surest is not None:
+            best = err[t][cand[t] & surest[t]]
+            if best.numel() >= min_px:
+                sure = best
         if sure.numel() >= min_px:
             q = torch.quantile(sure.float()[: 1 << 24], quantile)
             out[t] = torch.clamp(q * margin, min=floor)
     return out
+
+
+def surface_ties(
+    landing: Tensor,
+    follows_: Tensor,
+    err: Tensor | None = None,
+    threshold: Tensor | float = 0.0,
+    motion_factor: float = 0.0,
+) -> Tensor:
+    """The candidates a match ties to the surface, (N, H, W) bool: a reference match into the
+    ROI (`reference_landing` 1) or, without a valid reference match (0), an adjacent match that
+    `follows` the surface. With `motion_factor` > 0 a tie by motion alone holds only while the
+    atlas error `err` is at most `motion_factor` × `threshold` (a number or per frame (N,)):
+    a paw resting on the ground moves with it, but the atlas misses it by far more than it
+    misses the surface (docs/method.md §5.2)."""
+    motion = follows_ & (landing == 0)
+    if motion_factor > 0 and err is not None:
+        if isinstance(threshold, Tensor):
+            threshold = threshold[:, None, None]
+        motion &= err <= motion_factor * threshold
+    return (landing > 0) | motion
 
 
 def reference_landing(roi: Tensor, ref_flow: Tensor, ref_valid: Tensor, margin_px: int) -> Tensor:

@@ -813,24 +813,37 @@ class Fitter:
         return pred, cand, follows, joint.sum((1, 2))
 
     @torch.no_grad()
+    def _ties(
+        self, pred: Tensor, cand: Tensor, follows: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The refinement's evidence maps (docs/method.md §5.2): the candidates a match ties to
+        the surface and those a reference match puts outside the ROI, (N, H, W) bool each; the
+        atlas error (N, H, W); the occluder threshold θ_t (N,)."""
+        shot, rs = self.shot, self.refine_settings
+        landing = evidence.reference_landing(
+            shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
+        )
+        # A reference match decides where there is one; the adjacent matches elsewhere.
+        tied = evidence.surface_ties(landing, follows)
+        surest = landing > 0 if rs.threshold_from_reference else None
+        err = (pred - shot.frames).abs().mean(1)
+        floor = rs.colour_threshold * rs.occluded_factor
+        threshold = evidence.occluder_threshold(
+            cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin, surest=surest
+        )
+        if rs.motion_tie_factor > 0:
+            tied = evidence.surface_ties(landing, follows, err, threshold, rs.motion_tie_factor)
+        return tied, landing < 0, err, threshold
+
+    @torch.no_grad()
     def _refine_sets(
         self, pred: Tensor, cand: Tensor, follows: Tensor, joint_px: Tensor
     ) -> evidence.RefineSets:
         """The refinement's sets (docs/method.md §5.2) from `_prediction_and_candidates`;
         sets `self.evidence` (`FitResult.evidence`)."""
         shot, rs = self.shot, self.refine_settings
-        landing = evidence.reference_landing(
-            shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
-        )
-        # A reference match decides where there is one; the adjacent matches elsewhere.
-        tied = (landing > 0) | (follows & (landing == 0))
-        elsewhere = landing < 0
-        del landing
-        err = (pred - shot.frames).abs().mean(1)
+        tied, elsewhere, err, threshold = self._ties(pred, cand, follows)
         floor = rs.colour_threshold * rs.occluded_factor
-        threshold = evidence.occluder_threshold(
-            cand, err, tied, floor, rs.occluded_quantile, rs.occluded_margin
-        )
         unsure = None if rs.pull_unexplained else evidence.unexplained(cand, err, tied, floor)
         sets = evidence.refine_sets(
             cand, err, tied, rs.colour_threshold, threshold, elsewhere, unsure

@@ -344,6 +344,15 @@ class RefineSettings:
     0 = off, the fixed ε·`occluded_factor`)."""
     occluded_margin: float = 1.5
     """Multiple of that quantile."""
+    threshold_from_reference: bool = True
+    """[OURS] Take that quantile over the candidates a *reference* match ties to the surface
+    (every tied candidate on a frame with fewer than 200 of them). A tie by adjacent motion
+    also holds on something resting on the surface (bear's planted paw); with it in the
+    quantile the threshold rose above the occluder's own error (docs/method.md §5.2)."""
+    motion_tie_factor: float = 2.0
+    """[OURS] A tie by adjacent motion alone (no reference match) holds only while the atlas
+    error is at most this multiple of the frame's occluder threshold; above it the pixel is
+    evidenced as an occluder (`evidence.surface_ties`). 0 = a motion tie always holds."""
     motion_surface_px: float = 0.75
     """[OURS] An adjacent match whose surface positions agree within this many atlas pixels
     ties the pixel to the surface (`evidence.py`)."""
@@ -360,6 +369,11 @@ class RefineSettings:
         _require(self.colour_threshold > 0, "refine.colour_threshold", "must be > 0")
         _require(0 <= self.occluded_quantile < 1, "refine.occluded_quantile", "must be in [0, 1)")
         _require(self.occluded_margin >= 1, "refine.occluded_margin", "must be >= 1")
+        _require(
+            self.motion_tie_factor == 0 or self.motion_tie_factor >= 1,
+            "refine.motion_tie_factor",
+            "must be 0 (off) or >= 1",
+        )
         _require(self.reference_margin_px >= 0, "refine.reference_margin_px", "must be >= 0")
         _require(self.occluder_carry_steps >= 0, "refine.occluder_carry_steps", "must be >= 0")
         _require(

@@ -173,3 +173,38 @@ def test_occluder_evidence_is_carried_along_the_occluders_own_motion() -> None:
     assert torch.equal(
         evidence.carry_along_flow(occluder, open_, fwd, fwd_ok, bwd, bwd_ok, 0), occluder
     )
+
+
+def test_a_resting_occluder_that_moves_with_the_surface_is_evidenced_by_its_error() -> None:
+    # One frame: the surface (rows 0-29) is tied by reference matches and explained to < 0.02;
+    # a paw resting on it (rows 30-39) moves with it, so only its adjacent matches tie it, and
+    # the atlas misses it by 0.3; a patch of surface tied by motion alone misses by 0.15.
+    torch.manual_seed(0)
+    shape = (1, 40, 40)
+    cand = torch.ones(shape, dtype=torch.bool)
+    landing = torch.zeros(shape, dtype=torch.int8)
+    landing[:, :30] = 1
+    follows = torch.ones(shape, dtype=torch.bool)
+    err = torch.rand(shape) * 0.02
+    err[:, 30:] = 0.3
+    err[:, :30, :1] = 0.15  # surface that a reference match ties, missing the atlas
+    err[:, 30:, 36:] = 0.15  # surface tied by motion alone, missing by 1.5 θ
+    tied = evidence.surface_ties(landing, follows)
+    assert bool(tied.all())  # without the error test every pixel is tied
+    # With the motion ties in the quantile (10 % of the tied pixels miss by 0.3), θ rises
+    # above the paw's own error; over the reference ties alone it stays at the floor.
+    mixed = evidence.occluder_threshold(cand, err, tied, 0.1, 0.95, 1.5)
+    assert float(mixed[0]) > 0.3
+    thr = evidence.occluder_threshold(cand, err, tied, 0.1, 0.95, 1.5, surest=landing > 0)
+    assert float(thr[0]) == pytest.approx(0.1)
+    ties = evidence.surface_ties(landing, follows, err, thr, motion_factor=2.0)
+    sets = evidence.refine_sets(cand, err, ties, 0.025, thr)
+    assert bool(sets.occluder[0, 30:, :36].all())  # the paw: 0.3 > 2 θ
+    assert not bool(sets.occluder[0, 30:, 36:].any())  # 0.15 ≤ 2 θ: the motion tie holds
+    assert not bool(sets.occluder[0, :30].any())  # a reference tie holds whatever the error
+    # A frame with too few reference ties takes the quantile over every tie.
+    few = torch.zeros(shape, dtype=torch.bool)
+    few[:, 0, :5] = True
+    assert torch.allclose(
+        evidence.occluder_threshold(cand, err, tied, 0.1, 0.95, 1.5, surest=few), mixed
+    )
