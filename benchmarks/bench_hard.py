@@ -3,10 +3,10 @@
     python benchmarks/bench_hard.py --device cuda:0 --out results/hard
     python benchmarks/bench_hard.py --quick --device cpu --out /tmp/hard   # CPU smoke run
 
-For each shot (`pan`, `zoomrot`, `parallax`, `exit`, `bench`; `--quick`: their `-tiny`
-variants and tiny build settings) it writes the shot, builds it through the user's entry point
-(`python -m rna_engine build` in a subprocess) and scores every frame against the exact truth
-(`rna_engine.metrics`), at plate resolution:
+For each shot (`pan`, `zoomrot`, `parallax`, `exit`, `bench`; `rest` when `--shots` names it;
+`--quick`: their `-tiny` variants and tiny build settings) it writes the shot, builds it
+through the user's entry point (`python -m rna_engine build` in a subprocess) and scores every
+frame against the exact truth (`rna_engine.metrics`), at plate resolution:
 
 - `uv_med_px`, `uv_p90_px`: UV error (`rna_uv.u/v` converted to reference pixels vs
   `true_ref_xy`) over the truly visible ROI (ROI membership > 0.5, occlusion < 0.5);

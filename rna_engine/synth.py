@@ -20,7 +20,8 @@ Deterministic by seed.
 
 Presets: `tiny`/`small`/`bench`/`hd`/`uhd` (gentle camera work), and the hard camera work of
 issue #15 at 768×432×70 — `pan` (the ROI carried across half the frame), `zoomrot` (0.6–1.5×,
-±20°), `parallax` (ground plane + far wall), `exit` (the ROI leaves the frame and comes back) —
+±20°), `parallax` (ground plane + far wall), `exit` (the ROI leaves the frame and comes back),
+`rest` (`pan` with an occluder resting on the surface, moving with it) —
 each also as `<name>-small` (160×96×16) and `<name>-tiny` (64×48×8) for tests. The hard ones put
 their occluders across the ROI near the ends of the shot and ramp the exposure by one stop.
 """
@@ -58,6 +59,14 @@ HARD_MOTIONS: dict[str, dict[str, Any]] = {
     },
     # Far wall 3 px/frame, the ground at the bottom row 2.4x that; a slow dolly in.
     "parallax": {"motion": "ground", "pan_total": 3.0 * 69 / 768, "dolly": 0.15},
+    # `pan` with an occluder resting on the ROI's surface for a quarter of the shot.
+    "rest": {
+        "pan_total": 6.0 * 69 / 768,
+        "zoom": 0.05,
+        "rotation_deg": 3.0,
+        "perspective": 0.02,
+        "resting": 1,
+    },
     # A small ROI left of centre, carried out through the left edge and back (reference first).
     "exit": {
         "pan_px": 0.0,
@@ -157,6 +166,12 @@ class ShotParams:
     """ROI ellipse radii relative to the default (28 % of the width, 30 % of the height)."""
     texture_contrast: float = 0.55
     """Log-amplitude of the surface texture; near 0 = a flat, untextured wall."""
+    resting: int = 0
+    """Occluders that *rest on* the surface inside the ROI for a quarter of the shot, on the
+    side farther from the reference, moving exactly with it (a foot planted on the ground):
+    ellipses fixed in reference coordinates, with their own colour and stripes. Their adjacent
+    matches follow the surface, so only their appearance tells them apart (docs/method.md
+    §5.2). Drawn over the moving occluders; `visible_layer` numbers them after those."""
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
@@ -165,6 +180,8 @@ class ShotParams:
             raise InputError("synth: a shot needs at least 2 frames")
         if not 1 <= self.occluders <= 5:
             raise InputError("synth: occluders must be 1..5")
+        if not 0 <= self.resting <= 3:
+            raise InputError("synth: resting must be 0..3")
         if self.motion not in ("homography", "ground"):
             raise InputError(f"synth motion {self.motion!r}: not one of homography, ground")
         if (self.zoom_start > 0) != (self.zoom_end > 0):
@@ -185,6 +202,19 @@ class _Occluder:
     angle: float
     colour: np.ndarray
     stripes: float
+
+
+@dataclass
+class _Resting:
+    anchor: np.ndarray
+    """(x, row) centre in reference-frame pixels."""
+    radii: np.ndarray
+    angle: float
+    colour: np.ndarray
+    stripes: float
+    first: int
+    last: int
+    """Frame indices (inclusive) during which it rests on the surface."""
 
 
 @dataclass
@@ -255,6 +285,28 @@ class SynthShot:
         if p.occluders_at_ends:
             self._occluders = self._occluders_at_ends(rng)
         self._grain_seed = int(rng.integers(0, 2**31))
+        self._resting = [self._resting_occluder(rng) for _ in range(p.resting)]
+
+    def _resting_occluder(self, rng: np.random.Generator) -> _Resting:
+        """One occluder resting on the ROI's surface for a quarter of the shot (at least two
+        frames), in the half of the frames farther from the reference on its longer side."""
+        p = self.params
+        n, r = p.frames, self.reference_index
+        reach = max(r, n - 1 - r)
+        side = [t for t in range(n) if abs(t - r) >= 0.5 * reach and (t > r) == (n - 1 - r >= r)]
+        length = min(max(2, round(n / 4)), len(side))
+        first = side[int(rng.integers(0, len(side) - length + 1))]
+        colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
+        colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+        return _Resting(
+            anchor=self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii,
+            radii=self._roi_radii * rng.uniform(0.2, 0.3, 2),
+            angle=float(rng.uniform(0, math.pi)),
+            colour=colour,
+            stripes=float(rng.uniform(0.05, 0.2)),
+            first=first,
+            last=first + length - 1,
+        )
 
     def _occluders_at_ends(self, rng: np.random.Generator) -> list[_Occluder]:
         """Occluders that cross the ROI where it is in frame, in the outer 40 % of the frames on
@@ -457,11 +509,26 @@ class SynthShot:
         local = (1.0 + p.spot * spot) / (1.0 + p.spot * spot_ref)
         return (gain * local[..., None]).astype(np.float32)
 
-    def _occluder_layers(self, t: int) -> list[tuple[_Occluder, np.ndarray, np.ndarray]]:
-        """Per occluder, in drawing order (later over earlier): itself, alpha and colour."""
+    def _occluder_layers(
+        self, t: int, ref_xy: np.ndarray | None = None
+    ) -> list[tuple[_Occluder | _Resting, np.ndarray, np.ndarray]]:
+        """Per occluder, in drawing order (later over earlier): itself, alpha and colour; the
+        moving ones, then the resting ones (drawn from `ref_xy`, frame t's `_ref_xy`)."""
         p = self.params
         ys, xs = np.mgrid[0 : p.height, 0 : p.width].astype(np.float32)
-        layers = []
+        layers: list[tuple[_Occluder | _Resting, np.ndarray, np.ndarray]] = []
+        for rest in self._resting:
+            if ref_xy is None:
+                ref_xy = self._ref_xy(t)
+            dx, dy = ref_xy[..., 0] - rest.anchor[0], ref_xy[..., 1] - rest.anchor[1]
+            ca, sa = math.cos(rest.angle), math.sin(rest.angle)
+            u, v = (ca * dx + sa * dy) / rest.radii[0], (-sa * dx + ca * dy) / rest.radii[1]
+            dist = (1.0 - np.sqrt(u * u + v * v)) * np.sqrt((rest.radii**2).mean())
+            on = float(rest.first <= t <= rest.last)
+            a = (on * np.clip(dist / p.edge_px + 0.5, 0.0, 1.0)).astype(np.float32)
+            stripes = 0.75 + 0.25 * np.sin(2 * math.pi * rest.stripes * (ca * dx + sa * dy))
+            layers.append((rest, a, rest.colour[None, None, :] * stripes[..., None]))
+        moving = []
         for occ in self._occluders:
             c = occ.centre0 + occ.velocity * t
             dx, dy = xs - c[0], ys - c[1]
@@ -472,28 +539,29 @@ class SynthShot:
             dist = (1.0 - rho) * np.sqrt((occ.radii[0] ** 2 + occ.radii[1] ** 2) / 2)
             a = np.clip(dist / p.edge_px + 0.5, 0.0, 1.0).astype(np.float32)
             stripes = 0.75 + 0.25 * np.sin(2 * math.pi * occ.stripes * (ca * dx + sa * dy))
-            layers.append((occ, a, occ.colour[None, None, :] * stripes[..., None]))
-        return layers
+            moving.append((occ, a, occ.colour[None, None, :] * stripes[..., None]))
+        return moving + layers
 
-    def _occlusion(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _occlusion(self, t: int, ref_xy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         alpha = np.zeros((p.height, p.width), np.float32)
         colour = np.zeros((p.height, p.width, 3), np.float32)
-        for _, a, col in self._occluder_layers(t):
+        for _, a, col in self._occluder_layers(t, ref_xy):
             colour = colour * (1 - a[..., None]) + col * a[..., None]  # premultiplied "over"
             alpha = alpha + a * (1 - alpha)
         return alpha, colour
 
     def visible_layer(self, t: int) -> np.ndarray:
         """(H, W) int8: the occluder seen at each pixel of frame t (the topmost with alpha > 0.5),
-        −1 where the surface is seen. Occluders translate rigidly: see `occluder_velocity`."""
+        −1 where the surface is seen. The moving occluders (0 … `occluders` − 1) translate
+        rigidly (`occluder_velocity`); the resting ones after them move with the surface."""
         layer = np.full((self.params.height, self.params.width), -1, np.int8)
         for k, (_, a, _) in enumerate(self._occluder_layers(t)):
             layer[a > 0.5] = k
         return layer
 
     def occluder_velocity(self, k: int) -> np.ndarray:
-        """(dx, dy) pixels per frame of occluder k (its texture moves with it)."""
+        """(dx, dy) pixels per frame of moving occluder k (its texture moves with it)."""
         return self._occluders[k].velocity.astype(np.float32)
 
     @property
@@ -519,7 +587,7 @@ class SynthShot:
         ref_xy = self._ref_xy(t)
         tex = self.texture(ref_xy)
         illum = self._illumination(t, ref_xy)
-        alpha, occ_colour = self._occlusion(t)
+        alpha, occ_colour = self._occlusion(t, ref_xy)
         if t == self.reference_index:
             keep = (self.roi_at(ref_xy) <= 0).astype(np.float32)  # the ROI is unoccluded here
             alpha, occ_colour = alpha * keep, occ_colour * keep[..., None]

@@ -277,3 +277,29 @@ def test_frame_xy_of_inverts_true_ref_xy() -> None:
     xy = shot.frame_xy_of(t, np.array([70.0, 40.0]))
     back = shot.ref_xy_at(t, xy[:1], xy[1:])
     np.testing.assert_allclose(back[0], [70.0, 40.0], atol=1e-3)
+
+
+def test_a_resting_occluder_moves_with_the_surface_for_a_quarter_of_the_shot() -> None:
+    shot = make_shot("small", seed=2, resting=1)
+    rest = shot._resting[0]
+    r, n = shot.reference_index, shot.n_frames
+    assert rest.last - rest.first + 1 == n // 4
+    assert min(abs(rest.first - r), abs(rest.last - r)) >= 0.5 * max(r, n - 1 - r)
+    k = shot.params.occluders  # numbered after the moving occluders
+    under = []
+    for t in range(n):
+        layer = shot.visible_layer(t)
+        if not rest.first <= t <= rest.last:
+            assert not (layer == k).any()
+            continue
+        # The same surface points lie under it on every frame: it moves with the surface.
+        ref = shot.true_ref_xy[t][layer == k]
+        under.append((ref.mean(0), len(ref)))
+        assert np.linalg.norm(ref.mean(0) - rest.anchor) < 1.0
+    assert len(under) == n // 4 and min(c for _, c in under) > 50
+    # Outside its frames the shot is the one without it, pixel for pixel.
+    plain = make_shot("small", seed=2)
+    outside = [t for t in range(n) if not rest.first <= t <= rest.last]
+    np.testing.assert_array_equal(shot.plate_linear[outside], plain.plate_linear[outside])
+    hidden = (shot.occlusion > 0.5) & ~(plain.occlusion > 0.5)
+    assert hidden[rest.first : rest.last + 1].any() and not hidden[: rest.first].any()
