@@ -7,6 +7,7 @@ reference frame's ROI to < 1 px. Resume after a cancel reproduces the uninterrup
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import colour, synth
+from rna_engine import colour, evidence, synth
 from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
 from rna_engine.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
@@ -431,3 +432,34 @@ def test_the_prior_hold_pulls_a_drifting_t_back_toward_the_camera_prior(case: Ca
     off = {**TINY_FIT, "fit": {**TINY_FIT["fit"], "weights": {"prior_hold": 0.0}}}
     plain = Case(case.shot, case.tensors, build_settings("draft", off))
     assert "prior_hold" not in _fitter(plain)._joint_losses(index, on)[1]
+
+
+def test_the_motion_tie_rule_only_unties_motion_ties_that_miss_the_atlas(
+    case: Case, fitted: tuple
+) -> None:
+    """`refine.motion_tie_factor` / `threshold_from_reference` (docs/method.md §5.2): off, the
+    ties are reference-in or motion without a reference match; on, only motion ties whose
+    error exceeds factor × θ_t are dropped, and reference ties all stay."""
+    _, _, fitter = fitted
+    pred, cand, follows, _ = fitter._prediction_and_candidates()
+    landing = evidence.reference_landing(
+        case.tensors.roi, case.tensors.corr.ref, case.tensors.corr.ref_valid.bool(), 3
+    )
+    keep = fitter.refine_settings
+    try:
+        fitter.refine_settings = dataclasses.replace(
+            keep, motion_tie_factor=0.0, threshold_from_reference=False
+        )
+        tied_off, _, err, _ = fitter._ties(pred, cand, follows)
+        assert torch.equal(tied_off, (landing > 0) | (follows & (landing == 0)))
+        fitter.refine_settings = dataclasses.replace(keep, motion_tie_factor=1.0)
+        tied_on, _, err_on, theta = fitter._ties(pred, cand, follows)
+    finally:
+        fitter.refine_settings = keep
+    assert torch.equal(err, err_on)
+    dropped = tied_off & ~tied_on
+    assert not bool((tied_on & ~tied_off).any())
+    assert not bool((dropped & (landing > 0)).any())
+    assert bool((err[dropped] > theta[:, None, None].expand_as(err)[dropped]).all())
+    kept_motion = tied_on & (landing == 0)
+    assert bool((err[kept_motion] <= theta[:, None, None].expand_as(err)[kept_motion]).all())
