@@ -14,6 +14,7 @@ the position loss pins to the reference frame's `xy_norm`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,15 @@ def level_resolutions(settings: HashGridSettings) -> list[int]:
         scale = settings.base_resolution * settings.per_level_scale**level - 1.0
         out.append(int(math.ceil(scale)) + 1)
     return out
+
+
+def capped_levels(settings: HashGridSettings, cells: float) -> HashGridSettings:
+    """`settings` with the levels whose resolution exceeds `cells` dropped (at least one kept);
+    `cells` ≤ 0: unchanged."""
+    if cells <= 0:
+        return settings
+    keep = sum(1 for res in level_resolutions(settings) if res - 1 <= cells)
+    return replace(settings, n_levels=max(1, keep))
 
 
 def level_sizes(settings: HashGridSettings, n_dims: int) -> list[int]:
@@ -162,6 +172,7 @@ class RNAFields(nn.Module):
             T becomes camera base + residual (`uv`); None: the authors' tanh(MLP(x, y, t)).
         frame_grade: (n_frames, reference index): a free per-frame, per-channel gain and offset
             on S·A (`shaded`), the identity on the reference frame; None: the authors' Î = S·A.
+        atlas_grid: the atlas grid's own settings (`capped_levels`); None: `settings.hash_grid`.
     """
 
     def __init__(
@@ -172,6 +183,7 @@ class RNAFields(nn.Module):
         grid_factory: object | None = None,
         camera: Tensor | None = None,
         frame_grade: tuple[int, int] | None = None,
+        atlas_grid: HashGridSettings | None = None,
     ) -> None:
         super().__init__()
         make = grid_factory or (lambda d, s: HashGrid(d, s))
@@ -193,7 +205,7 @@ class RNAFields(nn.Module):
         if n_grade:
             free[r_grade] = 0.0
         self.register_buffer("grade_free", free)
-        self.atlas_grid = make(2, settings.hash_grid)  # type: ignore[operator]
+        self.atlas_grid = make(2, atlas_grid or settings.hash_grid)  # type: ignore[operator]
         self.atlas_mlp = mlp(self.atlas_grid.n_output_dims, settings.atlas_width, 3)
         self.mask_grid = make(3, settings.hash_grid)  # type: ignore[operator]
         self.mask_mlp = mlp(self.mask_grid.n_output_dims, settings.mask_width, 1)

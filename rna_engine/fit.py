@@ -26,7 +26,7 @@ from .cache import atomic_path
 from .camera import normalised, roi_region
 from .context import RunContext
 from .errors import FitDiverged, InputError
-from .fields import RNAFields
+from .fields import RNAFields, capped_levels
 from .flow import Correspondences
 from .inputs import roi_fault
 from .settings import FitSettings, RefineSettings
@@ -296,6 +296,12 @@ class Fitter:
             grid_factory,
             camera=camera,
             frame_grade=grade,
+            atlas_grid=capped_levels(
+                fit.hash_grid,
+                fit.atlas_cells_per_px
+                * (self.atlas_box[2] - self.atlas_box[0])
+                * self.geometry.half_rez,
+            ),
         )
         if grade is not None:
             with torch.no_grad():

@@ -259,6 +259,11 @@ class FitSettings:
     """Position loss on the ROI of the reference frame (paper) or on the whole frame (code)."""
     hash_grid: HashGridSettings = field(default_factory=HashGridSettings)
     """Hash grid of the atlas A and the mask M."""
+    atlas_cells_per_px: float = 0.0
+    """[OURS] Cap on the atlas grid's finest level, in cells per working pixel of the atlas box
+    (levels finer than this are dropped; the mask grid keeps them all). The default grid puts
+    ~4 cells on a working pixel of a typical ROI, enough to hold an occluder's edge at a
+    sub-pixel phase. 0 = no cap."""
     mapping_width: int = 256
     """Width of the UV mapping MLP T."""
     atlas_width: int = 64
@@ -293,6 +298,11 @@ class FitSettings:
         _require(0 < self.lr_decay <= 1, "fit.lr_decay", "must be in (0,1]")
         _require(self.rigidity_delta_px > 0, "fit.rigidity_delta_px", "must be > 0")
         _require(self.prior_hold_px >= 0, "fit.prior_hold_px", "must be >= 0")
+        _require(
+            self.atlas_cells_per_px == 0 or self.atlas_cells_per_px >= 0.25,
+            "fit.atlas_cells_per_px",
+            "must be 0 (no cap) or >= 0.25",
+        )
         _require(self.log_every >= 1, "fit.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "fit.checkpoint_every", "must be >= 1")
 

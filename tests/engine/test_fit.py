@@ -463,3 +463,27 @@ def test_the_motion_tie_rule_only_unties_motion_ties_that_miss_the_atlas(
     assert bool((err[dropped] > theta[:, None, None].expand_as(err)[dropped]).all())
     kept_motion = tied_on & (landing == 0)
     assert bool((err[kept_motion] <= theta[:, None, None].expand_as(err)[kept_motion]).all())
+
+
+def test_the_atlas_cell_cap_drops_only_the_atlas_grids_finer_levels(case: Case) -> None:
+    """`fit.atlas_cells_per_px`: the atlas grid keeps the levels with at most that many cells per
+    working pixel of the atlas box; the mask grid keeps every level; 0 leaves both whole."""
+    from rna_engine.fields import capped_levels, level_resolutions
+
+    grid = case.settings.fit.hash_grid
+    res = level_resolutions(grid)
+    assert capped_levels(grid, 0.0) == grid
+    assert capped_levels(grid, res[3] - 1).n_levels == 4
+    assert capped_levels(grid, res[3] - 1.5).n_levels == 3
+    assert capped_levels(grid, 0.5).n_levels == 1
+    whole = _fitter(case)
+    side_px = (whole.atlas_box[2] - whole.atlas_box[0]) * whole.geometry.half_rez
+    assert whole.model.atlas_grid.n_output_dims == grid.n_levels * grid.n_features_per_level
+    cap = (res[4] - 1) / side_px + 1e-6
+    capped_settings = dataclasses.replace(case.settings.fit, atlas_cells_per_px=cap)
+    ctx = RunContext(device="cpu", seed=0)
+    capped = Fitter(case.tensors, capped_settings, case.settings.refine, ctx)
+    assert capped.model.atlas_grid.n_output_dims == 5 * grid.n_features_per_level
+    assert capped.model.mask_grid.n_output_dims == grid.n_levels * grid.n_features_per_level
+    out = capped.model.atlas_mlp(capped.model.atlas_grid(torch.rand(7, 2)))
+    assert out.shape == (7, 3)
