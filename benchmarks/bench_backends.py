@@ -12,11 +12,11 @@ working size (768×432 unless `--width/--height`), medians of `--repeats` runs a
   every backend. Triton off CUDA would need `TRITON_INTERPRET=1` (far too slow to time): skipped.
 - **flow** (`flow.DisFlow`, `flow.RaftFlow`): ms per frame pair of OpenCV DIS on all CPU cores
   (one DIS per worker thread, as the stage runs it) on a batch of 32 pairs, and of torchvision
-  RAFT small and large (installed into a temporary RNA_HOME and loaded by `models.load_raft`),
+  RAFT small and large (installed into a temporary RNA_HOME and loaded by `weights.load_raft`),
   `FlowSettings.batch_pairs` pairs per batch, `raft_iterations` updates, on the device.
 - **appearance** (`appearance.make_appearance`): features per frame and similarity per pair
   (`batch_pairs` pairs) of the weight-free descriptor and of DINO ViT-S/8 (a `transformers`
-  ViT of the real size, installed into a temporary RNA_HOME with `models.install`).
+  ViT of the real size, installed into a temporary RNA_HOME with `weights.install`).
 - **matte** (`matte.load_backend`, `soft_matte`): ms per frame and peak GPU memory of the
   guided/closed-form default and of ViTMatte (a `transformers` ViTMatte of ViTMatte-small's
   size) at a 1920×1080 plate, and with `--uhd` at 4096×2160; the mask comes from the working
@@ -65,13 +65,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine.context import RunContext, resolve_device  # noqa: E402
-from rna_engine.settings import (  # noqa: E402
-    FlowSettings,
-    HashGridSettings,
-    MatteSettings,
-    build_settings,
-)
+from rna_engine.runtime.context import RunContext, resolve_device  # noqa: E402
+from rna_engine.settings import FlowSettings, HashGridSettings, MatteSettings, build_settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from meta import commit  # noqa: E402
@@ -237,7 +232,7 @@ class Bench:
     def shot(self) -> tuple[Any, torch.Tensor]:
         """`synth.make_shot("bench")` at the working size: (shot, frames (N, 3, H, W) 0..1)."""
         if self._shot is None:
-            from rna_engine import synth
+            from rna_engine.synthetic import shots as synth
 
             a = self.args
             t0 = time.perf_counter()
@@ -297,12 +292,12 @@ def grid_unavailable(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if device.type != "cuda":
             return "CUDA only (on CPU it needs TRITON_INTERPRET=1, far too slow to time)"
-        from rna_engine.kernels import available_backends
+        from rna_engine.model.kernels import available_backends
 
         return (
             "" if available_backends(device)["triton"] else "not installed: triton does not import"
         )
-    from rna_engine.kernels.tcnn_hashgrid import load_tinycudann
+    from rna_engine.model.kernels.tcnn_hashgrid import load_tinycudann
 
     tcnn, why = load_tinycudann()
     if tcnn is None:
@@ -324,7 +319,7 @@ def _time_grid(
     timed: str,
 ) -> Row:
     """One hash-grid backend's forward+backward on `x`, with `ref`'s parameters."""
-    from rna_engine.kernels import make_hash_grid
+    from rna_engine.model.kernels import make_hash_grid
 
     points, n_dims = x.shape
     grid = make_hash_grid(n_dims, ref.settings, backend, b.device)
@@ -342,7 +337,7 @@ def _time_grid(
 
 
 def bench_hashgrid(b: Bench) -> None:
-    from rna_engine.fields import HashGrid
+    from rna_engine.model.fields import HashGrid
 
     fit = build_settings("standard").fit
     batch = 2048 if b.args.quick else fit.batch_size
@@ -363,8 +358,8 @@ def bench_hashgrid(b: Bench) -> None:
 
 
 def bench_flow(b: Bench) -> None:
-    from rna_engine import models
-    from rna_engine.flow import DisFlow, RaftFlow
+    from rna_engine.runtime import weights
+    from rna_engine.stages.correspondences import DisFlow, RaftFlow
 
     settings = FlowSettings()
     _, frames = b.shot()
@@ -411,10 +406,10 @@ def bench_flow(b: Bench) -> None:
                 path = home / f"raft_{variant}_random.pth"
                 torch.save(model.state_dict(), path)
                 del model
-                record = models.install("raft", path)
-                loaded = models.load_raft(str(b.device), record=record)
+                record = weights.install("raft", path)
+                loaded = weights.load_raft(str(b.device), record=record)
             if loaded is None:
-                raise RuntimeError("models.load_raft returned None (see the log)")
+                raise RuntimeError("weights.load_raft returned None (see the log)")
             on_device = frames.to(b.device)
             backend = RaftFlow(loaded, on_device, iterations, batch)
             pairs = b.pairs(batch)
@@ -452,8 +447,8 @@ def _dino_folder(folder: Path, quick: bool) -> None:
 
 
 def bench_appearance(b: Bench) -> None:
-    from rna_engine import models
-    from rna_engine.appearance import make_appearance
+    from rna_engine.runtime import weights
+    from rna_engine.stages.appearance import make_appearance
 
     _, frames = b.shot()
     frames = frames.to(b.device)
@@ -493,9 +488,9 @@ def bench_appearance(b: Bench) -> None:
         with rna_home() as home:
             folder = home / "dino_vits8_random"
             _dino_folder(folder, b.args.quick)
-            record = models.install("dino", folder)  # validates: loads it once on the CPU
+            record = weights.install("dino", folder)  # validates: loads it once on the CPU
             settings = FlowSettings(appearance="dino")
-            appearance = make_appearance(settings, str(b.device), models.resolve("dino"))
+            appearance = make_appearance(settings, str(b.device), weights.resolve("dino"))
         if appearance.name != "dino":
             raise RuntimeError("make_appearance fell back to the descriptor (see the log)")
         holder["appearance"], holder["record"] = appearance, record
@@ -614,7 +609,7 @@ def _time_matte(
     scene: tuple[torch.Tensor, torch.Tensor, float],
 ) -> Row:
     """One matte backend's `soft_matte` of the scene's frame (backend loaded beforehand)."""
-    from rna_engine import matte as mt
+    from rna_engine.stages import matte as mt
 
     backend = mt.load_backend(settings, b.device)
     if backend.name != settings.backend:
@@ -674,8 +669,8 @@ def _fit_seconds(
 ) -> tuple[float, float, bool]:
     """Wall seconds of `short` and of `short + steps` joint-fit steps (after a warm-up run of
     `short`), and whether the steps ran as a CUDA graph."""
-    from rna_engine.fit import Fitter
-    from rna_engine.kernels import make_hash_grid
+    from rna_engine.model.kernels import make_hash_grid
+    from rna_engine.stages.fit import Fitter
 
     def grid_factory(n_dims: int, grid: HashGridSettings) -> Any:
         return make_hash_grid(n_dims, grid, fit.encoding_backend, b.device)
@@ -728,8 +723,8 @@ def _time_fit(
 
 
 def bench_fit(b: Bench) -> None:
-    from rna_engine.fit import ShotTensors
-    from rna_engine.flow import Correspondences
+    from rna_engine.stages.correspondences import Correspondences
+    from rna_engine.stages.fit import ShotTensors
 
     shot, frames = b.shot()
     batch = 1024 if b.args.quick else build_settings("standard").fit.batch_size
@@ -775,7 +770,7 @@ def _versions(device: torch.device) -> dict[str, str]:
         if module is not None:
             out[name] = str(getattr(module, "__version__", "?"))
     try:
-        from rna_engine.kernels import available_backends
+        from rna_engine.model.kernels import available_backends
 
         for name, value in available_backends(device).items():
             out[f"hashgrid_{name}"] = str(value)

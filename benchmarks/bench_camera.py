@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_clips import CLIPS  # noqa: E402
 
-from rna_engine.camera import apply_homography  # noqa: E402
-from rna_engine.context import RunContext  # noqa: E402
-from rna_engine.flow import Correspondences, compute_correspondences  # noqa: E402
+from rna_engine.runtime.context import RunContext  # noqa: E402
 from rna_engine.settings import FlowSettings  # noqa: E402
+from rna_engine.stages.camera import apply_homography  # noqa: E402
+from rna_engine.stages.correspondences import Correspondences, compute_correspondences  # noqa: E402
 
 
 def load(clips: Path, name: str, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -52,12 +52,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_hard import QUICK_SET, run_build  # noqa: E402
 from meta import commit  # noqa: E402
 
-from rna_engine import io  # noqa: E402
-from rna_engine import metrics as m  # noqa: E402
-from rna_engine.cache import BuildPaths, atomic_path, write_json_atomic  # noqa: E402
-from rna_engine.colour import linear_to_srgb  # noqa: E402
-from rna_engine.stmap import sample_stmap  # noqa: E402
-from rna_engine.synth import paint_pattern  # noqa: E402
+from rna_engine.media import io  # noqa: E402
+from rna_engine.media import metrics as m  # noqa: E402
+from rna_engine.media.cache import BuildPaths, atomic_path, write_json_atomic  # noqa: E402
+from rna_engine.media.colour import linear_to_srgb  # noqa: E402
+from rna_engine.media.stmap import sample_stmap  # noqa: E402
+from rna_engine.synthetic.shots import paint_pattern  # noqa: E402
 
 CLIPS: dict[str, dict[str, Any]] = {
     # Boxes (x0, y0, x1, y1) in plate pixels, chosen from the masks and a background homography

@@ -31,12 +31,13 @@ from bench_evidence import load_build  # noqa: E402
 from bench_hard import score_shot, summary_of  # noqa: E402
 from meta import commit  # noqa: E402
 
-from rna_engine import __version__, io  # noqa: E402
-from rna_engine.bake import PlateFormat, bake  # noqa: E402
-from rna_engine.cache import UV_CONVENTION, BuildPaths, write_json_atomic  # noqa: E402
-from rna_engine.context import RunContext  # noqa: E402
+from rna_engine import __version__  # noqa: E402
+from rna_engine.media import io  # noqa: E402
+from rna_engine.media.cache import UV_CONVENTION, BuildPaths, write_json_atomic  # noqa: E402
 from rna_engine.pipeline import _cache_format, _display_to_linear, _plate_rgb  # noqa: E402
-from rna_engine.synth import make_shot  # noqa: E402
+from rna_engine.runtime.context import RunContext  # noqa: E402
+from rna_engine.stages.bake import PlateFormat, bake  # noqa: E402
+from rna_engine.synthetic.shots import make_shot  # noqa: E402
 
 
 def main() -> int:

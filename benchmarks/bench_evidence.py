@@ -34,13 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine.context import RunContext  # noqa: E402
-from rna_engine.fit import Fitter, ShotTensors  # noqa: E402
-from rna_engine.flow import compute_correspondences  # noqa: E402
-from rna_engine.inputs import resolve_inputs  # noqa: E402
-from rna_engine.kernels import make_hash_grid  # noqa: E402
+from rna_engine.model.kernels import make_hash_grid  # noqa: E402
 from rna_engine.pipeline import ingest  # noqa: E402
+from rna_engine.runtime.context import RunContext  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
+from rna_engine.stages.correspondences import compute_correspondences  # noqa: E402
+from rna_engine.stages.fit import Fitter, ShotTensors  # noqa: E402
+from rna_engine.stages.inputs import resolve_inputs  # noqa: E402
 
 RECORD_KEYS = ("build_hash", "cache_format_version", "engine_version", "torch", "root", "device")
 

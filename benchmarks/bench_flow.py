@@ -1,4 +1,4 @@
-"""Benchmark of the correspondences stage (rna_engine/flow.py); not collected by pytest.
+"""Benchmark of the correspondences stage (rna_engine/stages/correspondences.py); not collected by pytest.
 
 Synthetic shot (`synth.make_shot("bench")`, 768×432×70, exact ground truth), frames within
 `--max-distance` of the reference frame:
@@ -46,10 +46,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine.appearance import sample_px  # noqa: E402
-from rna_engine.context import RunContext, resolve_device  # noqa: E402
-from rna_engine.flow import Correspondences, compute_correspondences  # noqa: E402
+from rna_engine.runtime.context import RunContext, resolve_device  # noqa: E402
 from rna_engine.settings import FlowSettings, from_dict  # noqa: E402
+from rna_engine.stages.appearance import sample_px  # noqa: E402
+from rna_engine.stages.correspondences import Correspondences, compute_correspondences  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from meta import commit  # noqa: E402
@@ -69,7 +69,7 @@ def _run(
 
 
 def synthetic(args: argparse.Namespace, settings: FlowSettings) -> dict[str, Any]:
-    from rna_engine import synth
+    from rna_engine.synthetic import shots as synth
 
     start = time.perf_counter()
     overrides = {"frames": args.frames} if args.frames else {}
@@ -231,7 +231,7 @@ def _install_random_raft(size: str) -> None:
 
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    from rna_engine import models
+    from rna_engine.runtime import weights
 
     home = Path(tempfile.mkdtemp(prefix="rna_home_"))
     os.environ["RNA_HOME"] = str(home)
@@ -239,7 +239,7 @@ def _install_random_raft(size: str) -> None:
     model = (raft_small if size == "small" else raft_large)(weights=None)
     path = home / f"raft_{size}_random.pth"
     torch.save(model.state_dict(), path)
-    record = models.install("raft", path)
+    record = weights.install("raft", path)
     print(f"RAFT {record.variant}, random weights (timing only) in {home}", file=sys.stderr)
 
 

@@ -6,7 +6,7 @@
 For each shot (`pan`, `zoomrot`, `parallax`, `exit`, `bench`; `rest` when `--shots` names it;
 `--quick`: their `-tiny` variants and tiny build settings) it writes the shot, builds it
 through the user's entry point (`python -m rna_engine build` in a subprocess) and scores every
-frame against the exact truth (`rna_engine.metrics`), at plate resolution:
+frame against the exact truth (`rna_engine.media.metrics`), at plate resolution:
 
 - `uv_med_px`, `uv_p90_px`: UV error (`rna_uv.u/v` converted to reference pixels vs
   `true_ref_xy`) over the truly visible ROI (ROI membership > 0.5, occlusion < 0.5);
@@ -44,11 +44,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from meta import commit  # noqa: E402
 
-from rna_engine import io  # noqa: E402
-from rna_engine import metrics as m  # noqa: E402
-from rna_engine.cache import BuildPaths, write_json_atomic  # noqa: E402
-from rna_engine.colour import working_space  # noqa: E402
-from rna_engine.synth import SynthShot, make_shot, paint_pattern, write_shot  # noqa: E402
+from rna_engine.media import io  # noqa: E402
+from rna_engine.media import metrics as m  # noqa: E402
+from rna_engine.media.cache import BuildPaths, write_json_atomic  # noqa: E402
+from rna_engine.media.colour import working_space  # noqa: E402
+from rna_engine.synthetic.shots import SynthShot, make_shot, paint_pattern, write_shot  # noqa: E402
 
 SHOTS = ("pan", "zoomrot", "parallax", "exit", "bench")
 QUICK_SET = (

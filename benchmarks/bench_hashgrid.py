@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from rna_engine.fields import HashGrid
-from rna_engine.kernels import available_backends, make_hash_grid
+from rna_engine.model.fields import HashGrid
+from rna_engine.model.kernels import available_backends, make_hash_grid
 from rna_engine.settings import HashGridSettings
 
 
@@ -128,7 +128,7 @@ def main() -> None:
                         continue
                     print(f"{backend:8} {n_dims:>2} {n:>8} {ms:>17.3f} {err:>9.1e}")
     if args.sweep and backends["triton"]:
-        from rna_engine.kernels import triton_hashgrid as th
+        from rna_engine.model.kernels import triton_hashgrid as th
 
         print(f"{'block':>5} {'warps':>5} {'D':>2} {'points':>8} {'fwd ms':>9} {'fwd+bwd ms':>11}")
         default = (th.BLOCK_POINTS, th.NUM_WARPS)

@@ -32,15 +32,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine import io, pipeline  # noqa: E402
-from rna_engine.bake import PlateFormat, bake  # noqa: E402
-from rna_engine.cache import BuildPaths  # noqa: E402
-from rna_engine.context import RunContext  # noqa: E402
-from rna_engine.fit import Fitter, ShotTensors  # noqa: E402
-from rna_engine.flow import compute_correspondences  # noqa: E402
-from rna_engine.inputs import resolve_inputs  # noqa: E402
+from rna_engine import pipeline  # noqa: E402
+from rna_engine.media import io  # noqa: E402
+from rna_engine.media.cache import BuildPaths  # noqa: E402
+from rna_engine.runtime.context import RunContext  # noqa: E402
 from rna_engine.settings import BuildSpec, spec_from_dict  # noqa: E402
-from rna_engine.synth import make_shot, write_shot  # noqa: E402
+from rna_engine.stages.bake import PlateFormat, bake  # noqa: E402
+from rna_engine.stages.correspondences import compute_correspondences  # noqa: E402
+from rna_engine.stages.fit import Fitter, ShotTensors  # noqa: E402
+from rna_engine.stages.inputs import resolve_inputs  # noqa: E402
+from rna_engine.synthetic.shots import make_shot, write_shot  # noqa: E402
 
 SHORT_FIT = {
     "ingest": {"working_long_side": 128},

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine import matte as mt  # noqa: E402
 from rna_engine.settings import MatteSettings  # noqa: E402
+from rna_engine.stages import matte as mt  # noqa: E402
 
 CLIPS = ROOT.parent / "shared" / "data" / "clips"
 
@@ -112,7 +112,7 @@ def edges_scene(
 
 
 def synth_scene(grain: float) -> dict[str, Any]:
-    from rna_engine.synth import make_shot, sample_bilinear_px
+    from rna_engine.synthetic.shots import make_shot, sample_bilinear_px
 
     shot = make_shot("small", seed=0, grain=grain)
     n, h, w = shot.occlusion.shape

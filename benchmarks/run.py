@@ -29,11 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rna_engine import io  # noqa: E402
 from rna_engine.apply import ApplySettings, apply_sequence  # noqa: E402
-from rna_engine.colour import working_space  # noqa: E402
-from rna_engine.context import RunContext  # noqa: E402
-from rna_engine.metrics import (  # noqa: E402
+from rna_engine.media import io  # noqa: E402
+from rna_engine.media.colour import working_space  # noqa: E402
+from rna_engine.media.metrics import (  # noqa: E402
     encoded_error,
     iou_counts,
     paint_amount,
@@ -42,8 +41,9 @@ from rna_engine.metrics import (  # noqa: E402
     tracked_region,
 )
 from rna_engine.pipeline import run_build  # noqa: E402
+from rna_engine.runtime.context import RunContext  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
-from rna_engine.synth import make_shot, paint_pattern, write_shot  # noqa: E402
+from rna_engine.synthetic.shots import make_shot, paint_pattern, write_shot  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from meta import commit  # noqa: E402

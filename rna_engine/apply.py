@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 
 from . import CACHE_FORMAT_VERSION, __version__
-from .cache import MATTE, SHADE, UV_U, UV_V, BuildPaths, version_dirs
 from .errors import InputError
-from .progress import CancelToken, NullReporter, Reporter
-from .stmap import FILTERS, sample_stmap
+from .media.cache import MATTE, SHADE, UV_U, UV_V, BuildPaths, version_dirs
+from .media.stmap import FILTERS, sample_stmap
+from .runtime.progress import CancelToken, NullReporter, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def read_edited_atlas(path: str | Path, original_shape: tuple[int, int]) -> np.n
     sRGB and linearised with the sRGB EOTF. Warns on lossy EXR compression and 8-bit files;
     rejects an aspect ratio more than 1 % off the original atlas's.
     """
-    from . import io
-    from .colour import srgb_to_linear
+    from .media import io
+    from .media.colour import srgb_to_linear
 
     image = io.read_image(path)
     height, width = image.height, image.width
@@ -264,7 +264,7 @@ def read_edited_atlas(path: str | Path, original_shape: tuple[int, int]) -> np.n
 
 
 def _read_passes(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    from . import io
+    from .media import io
 
     names = (UV_U, UV_V, MATTE, *SHADE)
     image = io.read_image(path)
@@ -318,7 +318,7 @@ def apply_sequence(
         The written files, in frame order: RGBA EXR, zips, in the plate's own pixel type
         (`output_pixel_types`), so an unpainted atlas writes the plate back bit for bit.
     """
-    from . import io
+    from .media import io
 
     reporter = reporter or NullReporter()
     cancel = cancel or CancelToken()

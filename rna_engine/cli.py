@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .context import rna_home
 from .errors import EXIT_CANCELLED, EXIT_INPUT, EXIT_INTERNAL, Cancelled, InputError
+from .runtime.context import rna_home
 
 log = logging.getLogger("rna_engine")
 

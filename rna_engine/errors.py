@@ -2,7 +2,7 @@
 
 - `InputError`: something the user can fix. Its message is the one line they see and names the
   file, frame or setting. Exit code 2.
-- `QualityError`: a quality gate failed (`rna_engine.quality`): the build produced garbage and
+- `QualityError`: a quality gate failed (`rna_engine.stages.quality`): the build produced garbage and
   must not say `done`. An `InputError` (exit code 2) with error code `quality`.
 - `Cancelled`: the user or the service cancelled the job. Exit code 130.
 - anything else is an internal error: exit code 1, traceback to the log file.

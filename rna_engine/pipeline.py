@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, io
-from .cache import (
+from . import __version__
+from .errors import Cancelled, InputError
+from .media import io
+from .media.cache import (
     UV_CONVENTION,
     BuildPaths,
     StatusFile,
@@ -30,11 +32,13 @@ from .cache import (
     ensure_writable,
     write_json_atomic,
 )
-from .colour import WorkingSpace, plate_to_linear, working_space
-from .context import RunContext, open_device
-from .errors import Cancelled, InputError
-from .gpu_memory import StageMemory
-from .inputs import (
+from .media.colour import WorkingSpace, plate_to_linear, working_space
+from .runtime.context import RunContext, open_device
+from .runtime.gpu_memory import StageMemory
+from .runtime.pool import io_workers, ordered_map, thread_pool
+from .runtime.progress import ProgressTracker, Sink
+from .settings import PATH_FIELDS, BuildSpec, IngestSettings, spec_to_dict
+from .stages.inputs import (
     MIN_ROI_WORKING_PX,
     ResolvedInputs,
     min_roi_side_px,
@@ -42,9 +46,6 @@ from .inputs import (
     roi_fault,
     roi_working,
 )
-from .pool import io_workers, ordered_map, thread_pool
-from .progress import ProgressTracker, Sink
-from .settings import PATH_FIELDS, BuildSpec, IngestSettings, spec_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
 
 
 def _display_to_linear(rgb: np.ndarray) -> np.ndarray:
-    from .colour import srgb_to_linear
+    from .media.colour import srgb_to_linear
 
     return srgb_to_linear(np.clip(rgb, 0.0, 1.0))
 
@@ -366,12 +367,12 @@ def _stages(
     tracker: ProgressTracker,
     memory: StageMemory,
 ) -> dict[str, Any]:
-    from .bake import PlateFormat, bake
-    from .fit import Fitter, ShotTensors, validate_shot
-    from .flow import compute_correspondences
-    from .kernels import make_hash_grid
-    from .qc import write_qc
-    from .quality import check_bake, check_fit
+    from .model.kernels import make_hash_grid
+    from .stages.bake import PlateFormat, bake
+    from .stages.correspondences import compute_correspondences
+    from .stages.fit import Fitter, ShotTensors, validate_shot
+    from .stages.qc import write_qc
+    from .stages.quality import check_bake, check_fit
 
     spec = inputs.spec
     settings = spec.settings

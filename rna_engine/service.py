@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .cache import BuildPaths, StatusFile, atomic_path, read_status, version_dirs
-from .context import RunContext
 from .errors import Cancelled, InputError
-from .progress import CancelToken, Event, ProgressTracker
+from .media.cache import BuildPaths, StatusFile, atomic_path, read_status, version_dirs
+from .runtime.context import RunContext
+from .runtime.progress import CancelToken, Event, ProgressTracker
 from .settings import (
     PRESETS,
     BuildSpec,
@@ -395,7 +395,7 @@ class Service:
     """The socket server, the job table and the single GPU worker.
 
     Args:
-        rna_home: folder of the discovery file and logs (`rna_engine.context.rna_home()`).
+        rna_home: folder of the discovery file and logs (`rna_engine.runtime.context.rna_home()`).
         device: device jobs with `device: auto` run on (`cpu`, `cuda:0`).
         runner: `runner(spec, ctx)` runs one build; default `rna_engine.pipeline.run_build`.
         stage_weights: stage → relative cost for overall progress; default the pipeline's.

@@ -455,7 +455,7 @@ def read_json_file(path: str) -> dict[str, Any] | None:
 
 LOST_AFTER_S = 30.0
 """A running/queued `status.json` whose `heartbeat` is older than this is lost, seconds (the
-engine's `rna_engine.cache.LOST_AFTER_S`)."""
+engine's `rna_engine.media.cache.LOST_AFTER_S`)."""
 
 
 def status_lost(
@@ -466,7 +466,7 @@ def status_lost(
 ) -> str | None:
     """Why a running/queued `status.json` belongs to a build that died, or None.
 
-    The engine's rule (`rna_engine.cache.status_lost`, written again here: rna_nuke does not
+    The engine's rule (`rna_engine.media.cache.status_lost`, written again here: rna_nuke does not
     import the engine): the writer's `pid` is gone on this host, or its `heartbeat` is more
     than `lost_after_s` old. Final states and statuses without pid/heartbeat are never lost.
     """

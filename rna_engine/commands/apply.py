@@ -99,7 +99,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rna_engine.apply import ApplySettings, apply_sequence
-    from rna_engine.progress import ProgressTracker, TerminalBar
+    from rna_engine.runtime.progress import ProgressTracker, TerminalBar
 
     settings = ApplySettings(
         mode=args.mode,

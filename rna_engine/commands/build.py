@@ -139,8 +139,8 @@ def _signals_cancel() -> Iterator[None]:
 
 def _warn_gpu_preset_on_cpu(spec: Any) -> None:
     """One warning when a GPU preset runs on the CPU (it takes many minutes there)."""
-    from rna_engine.context import resolve_device
-    from rna_engine.progress import cpu_build_estimate_s, format_eta
+    from rna_engine.runtime.context import resolve_device
+    from rna_engine.runtime.progress import cpu_build_estimate_s, format_eta
 
     settings = spec.settings
     if settings.preset == "draft" or resolve_device(spec.device) != "cpu":
@@ -159,10 +159,10 @@ def _warn_gpu_preset_on_cpu(spec: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.context import RunContext
     from rna_engine.errors import Cancelled, InputError
     from rna_engine.pipeline import prepare, run_build
-    from rna_engine.progress import FarmPrinter, TerminalBar
+    from rna_engine.runtime.context import RunContext
+    from rna_engine.runtime.progress import FarmPrinter, TerminalBar
 
     farm = FarmPrinter() if args.farm else None
     try:

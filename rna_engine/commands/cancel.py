@@ -14,9 +14,10 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.commands.status import format_job
-    from rna_engine.context import rna_home
+    from rna_engine.runtime.context import rna_home
     from rna_engine.service import call_engine
+
+    from .status import format_job
 
     job = call_engine(rna_home(), "job.cancel", {"job_id": args.job})
     sys.stdout.write(format_job(job) + "\n")

@@ -64,8 +64,8 @@ def paint_atlas(atlas_path: Path, out: Path, roi_like: Any) -> tuple[Path, Any]:
     """
     import numpy as np
 
-    from rna_engine.io import read_image, write_rgba_exr
-    from rna_engine.synth import paint_pattern
+    from rna_engine.media.io import read_image, write_rgba_exr
+    from rna_engine.synthetic.shots import paint_pattern
 
     atlas = read_image(atlas_path)
     rgba = atlas.select(("R", "G", "B", "A"))
@@ -98,8 +98,8 @@ def strip(
     with what it is and its frame number."""
     import numpy as np
 
-    from rna_engine.colour import preview_srgb
-    from rna_engine.io import read_image, write_png
+    from rna_engine.media.colour import preview_srgb
+    from rna_engine.media.io import read_image, write_png
 
     picks = sorted({0, len(plate_paths) // 3, 2 * len(plate_paths) // 3, len(plate_paths) - 1})
     rows = []
@@ -118,8 +118,8 @@ def shot_files(shot: Any, folder: Path) -> dict[str, Any]:
     and of the same parameters (a rewrite would change the build hash: it includes file dates)."""
     from dataclasses import asdict
 
-    from rna_engine.io import frame_path
-    from rna_engine.synth import write_shot
+    from rna_engine.media.io import frame_path
+    from rna_engine.synthetic.shots import write_shot
 
     try:
         manifest = json.loads((folder / "shot.json").read_text())
@@ -141,9 +141,9 @@ def shot_files(shot: Any, folder: Path) -> dict[str, Any]:
 def keep_one_version(spec: Any) -> None:
     """Make `v001` free for this build: remove it when it holds a build of another hash (the
     demo's own folder; `cache.choose_version` never overwrites a finished version itself)."""
-    from rna_engine.cache import BuildPaths, read_status
-    from rna_engine.inputs import resolve_inputs
+    from rna_engine.media.cache import BuildPaths, read_status
     from rna_engine.pipeline import build_hash
+    from rna_engine.stages.inputs import resolve_inputs
 
     inputs = resolve_inputs(spec)
     spec = inputs.spec  # paths absolute
@@ -157,14 +157,14 @@ def keep_one_version(spec: Any) -> None:
 
 
 def score_comp(shot: Any, edit: Any, plates: list[Path], comps: list[Path]) -> dict[str, Any]:
-    """Score every comp frame against `shot.render_edit(edit)` (see `rna_engine.demo_score`).
+    """Score every comp frame against `shot.render_edit(edit)` (see `rna_engine.synthetic.scoring`).
 
     The expected frame is the plate file plus the exact edit, so the plate's half-float rounding
     is not counted as an error of the comp.
     """
-    from rna_engine.colour import working_space
-    from rna_engine.demo_score import score_frame, summarise
-    from rna_engine.io import read_image
+    from rna_engine.media.colour import working_space
+    from rna_engine.media.io import read_image
+    from rna_engine.synthetic.scoring import score_frame, summarise
 
     space = working_space("scene_linear")
     scores = []
@@ -191,13 +191,13 @@ def run_demo(
     import torch
 
     from rna_engine.apply import ApplySettings, apply_sequence
-    from rna_engine.cache import write_json_atomic
-    from rna_engine.context import RunContext
-    from rna_engine.io import frame_path
+    from rna_engine.media.cache import write_json_atomic
+    from rna_engine.media.io import frame_path
     from rna_engine.pipeline import run_build
-    from rna_engine.progress import TerminalBar
+    from rna_engine.runtime.context import RunContext
+    from rna_engine.runtime.progress import TerminalBar
     from rna_engine.settings import spec_from_dict
-    from rna_engine.synth import make_shot
+    from rna_engine.synthetic.shots import make_shot
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -262,8 +262,8 @@ def run_demo(
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.context import resolve_device
-    from rna_engine.demo_score import format_summary
+    from rna_engine.runtime.context import resolve_device
+    from rna_engine.synthetic.scoring import format_summary
 
     device = resolve_device(args.device)
     result = run_demo(Path(args.out), device, args.preset)

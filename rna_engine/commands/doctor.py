@@ -110,7 +110,7 @@ def collect() -> list[dict[str, Any]]:
         v = _version(module)
         add(pip, OK if v else MISSING, v or "missing", f"`pip install {pip}`")
     try:
-        from rna_engine.colour import load_config
+        from rna_engine.media.colour import load_config
 
         _, config = load_config()
         add("ocio config", OK, config)
@@ -128,7 +128,7 @@ def collect() -> list[dict[str, Any]]:
 
 def _kernel_rows(add: Any, cuda: bool, torch_v: str) -> None:
     """tinycudann, triton and the hash-grid backend `auto` picks."""
-    from rna_engine.kernels import available_backends
+    from rna_engine.model.kernels import available_backends
 
     backends = available_backends()
     for name, dist, module, fix in (
@@ -162,16 +162,16 @@ def _kernel_rows(add: Any, cuda: bool, torch_v: str) -> None:
 
 def _learned_rows(add: Any, torch_v: str) -> None:
     """torchvision, transformers and the weights of the learned backends."""
-    from rna_engine import models
+    from rna_engine.runtime import weights
 
     learned = f"`pip install 'rna-atlas[learned]' \"torch=={torch_v.split('+')[0]}\"`"
     packages: dict[str, bool] = {}
     for module in ("torchvision", "transformers"):
         installed = _installed(module, module)
         usable = (
-            models.torchvision_available()
+            weights.torchvision_available()
             if module == "torchvision"
-            else models.transformers_available()
+            else weights.transformers_available()
         )
         packages[module] = usable
         if usable:
@@ -194,31 +194,31 @@ def _learned_rows(add: Any, torch_v: str) -> None:
                 )
             add(module, UNUSABLE, f"{detail}: {why}", fix)
     try:
-        registry = models.read_registry()
+        registry = weights.read_registry()
     except Exception as err:  # a broken registry is a finding, not a crash
         registry = {}
         add("weights registry", UNUSABLE, str(err), "reinstall the weights")
     needs = {"raft": "torchvision", "dino": "transformers"}
-    for name in models.MODEL_NAMES:
+    for name in weights.MODEL_NAMES:
         rec = registry.get(name)
-        if rec is None or not models.installed_path(rec).exists():
+        if rec is None or not weights.installed_path(rec).exists():
             add(
                 f"weights: {name}",
                 MISSING,
                 "not installed (the weight-free default is used)",
-                f"`{models.install_command(name)}`",
+                f"`{weights.install_command(name)}`",
             )
         elif not packages[needs[name]]:
             add(
                 f"weights: {name}",
                 UNUSABLE,
-                f"{models.installed_path(rec)} installed, but {needs[name]} does not work here",
+                f"{weights.installed_path(rec)} installed, but {needs[name]} does not work here",
                 f"see the {needs[name]} row",
             )
         else:
-            add(f"weights: {name}", OK, str(models.installed_path(rec)))
-    from rna_engine.matte import has_vitmatte_weights, vitmatte_dir
+            add(f"weights: {name}", OK, str(weights.installed_path(rec)))
     from rna_engine.settings import MatteSettings
+    from rna_engine.stages.matte import has_vitmatte_weights, vitmatte_dir
 
     folder = vitmatte_dir(MatteSettings())
     if not has_vitmatte_weights(folder):

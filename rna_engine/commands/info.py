@@ -21,8 +21,8 @@ def describe(pattern: str, frames: str = "") -> dict[str, Any]:
     """Inspect every file of a sequence; raises InputError on the first bad one."""
     from dataclasses import asdict
 
-    from rna_engine import io
     from rna_engine.errors import InputError
+    from rna_engine.media import io
 
     found = io.find_frames(pattern)
     if not found:

@@ -37,33 +37,33 @@ def populate(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rna_engine import models
     from rna_engine.errors import InputError
+    from rna_engine.runtime import weights
 
     action = getattr(args, "models_command", None)
     if action == "install":
-        record = models.install(args.model, Path(args.source))
+        record = weights.install(args.model, Path(args.source))
         sys.stdout.write(
             f"installed {record.name} ({record.variant}) sha256 {record.sha256}\n"
-            f"  {models.installed_path(record)}\n"
+            f"  {weights.installed_path(record)}\n"
         )
         return 0
     if action != "list":
         raise InputError("models: give an action, `list` or `install raft|dino --from PATH`")
-    records = models.read_registry()
-    packages = {"raft": models.torchvision_available(), "dino": models.transformers_available()}
+    records = weights.read_registry()
+    packages = {"raft": weights.torchvision_available(), "dino": weights.transformers_available()}
     needs = {"raft": "torchvision", "dino": "transformers"}
     rows = []
-    for name in models.MODEL_NAMES:
+    for name in weights.MODEL_NAMES:
         record = records.get(name)
-        present = record is not None and models.installed_path(record).exists()
+        present = record is not None and weights.installed_path(record).exists()
         rows.append(
             {
                 "name": name,
                 "installed": present,
                 "variant": record.variant if record else "",
                 "sha256": record.sha256 if record else "",
-                "path": str(models.installed_path(record)) if record else "",
+                "path": str(weights.installed_path(record)) if record else "",
                 "package": needs[name],
                 "package_available": packages[name],
                 "usable": present and packages[name],
@@ -81,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             sys.stdout.write(
-                f"{row['name']:<5} not installed  (`{models.install_command(row['name'])}`)\n"
+                f"{row['name']:<5} not installed  (`{weights.install_command(row['name'])}`)\n"
             )
     return 0

@@ -37,7 +37,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.context import rna_home
+    from rna_engine.runtime.context import rna_home
     from rna_engine.service import Service, setup_logging
 
     home = rna_home()
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         device = "cpu"  # no torch import: the service starts in well under a second
     else:
-        from rna_engine.context import resolve_device
+        from rna_engine.runtime.context import resolve_device
 
         device = resolve_device(args.device)
     service = Service(

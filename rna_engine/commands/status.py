@@ -1,7 +1,7 @@
 """`rna-engine status [JOB]`: jobs of the running engine, or a cache's `status.json`.
 
 With `--cache` a build whose `status.json` says running/queued but whose process is gone (or whose
-heartbeat stopped) is reported as `lost` (`rna_engine.cache.status_lost`).
+heartbeat stopped) is reported as `lost` (`rna_engine.media.cache.status_lost`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
         help="read status.json from a build version folder (or the newest version of a build)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
-    from rna_engine.cache import LOST_AFTER_S  # no torch: the command stays light
+    from rna_engine.media.cache import LOST_AFTER_S  # no torch: the command stays light
 
     parser.add_argument(
         "--lost-after-s",
@@ -37,8 +37,8 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def _status_file(path: Path) -> Path:
-    from rna_engine.cache import BuildPaths, version_dirs
     from rna_engine.errors import InputError
+    from rna_engine.media.cache import BuildPaths, version_dirs
 
     if path.is_file():
         return path
@@ -52,7 +52,7 @@ def _status_file(path: Path) -> Path:
 
 def format_job(job: dict[str, Any]) -> str:
     """One line: id, state, stage, percent, ETA, message."""
-    from rna_engine.progress import format_eta
+    from rna_engine.runtime.progress import format_eta
 
     name = job.get("job_id") or job.get("name") or "-"
     error = job.get("error") or {}
@@ -67,7 +67,7 @@ def format_job(job: dict[str, Any]) -> str:
 def cache_report(data: dict[str, Any], path: Path, lost_after_s: float) -> dict[str, Any]:
     """`status.json` as `status --cache` shows it: `state` is `lost` when the rule says so (the
     recorded state then moves to `recorded_state`, the reason to `lost_reason`)."""
-    from rna_engine.cache import status_lost
+    from rna_engine.media.cache import status_lost
 
     report = {**data, "status_path": str(path)}
     reason = status_lost(data, lost_after_s=lost_after_s)
@@ -86,7 +86,7 @@ def _when(epoch_s: Any) -> str:
 
 def format_cache_status(report: dict[str, Any]) -> str:
     """Labelled lines: state, stage, progress, ETA, message, error, started, finished, file."""
-    from rna_engine.progress import format_eta
+    from rna_engine.runtime.progress import format_eta
 
     state = str(report.get("state") or "?")
     if report.get("lost_reason"):
@@ -116,8 +116,8 @@ def format_cache_status(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rna_engine.cache import read_json
-    from rna_engine.context import rna_home
+    from rna_engine.media.cache import read_json
+    from rna_engine.runtime.context import rna_home
     from rna_engine.service import call_engine, discovery_path, live_engine
 
     out = sys.stdout
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         data = read_json(path)
         if not isinstance(data, dict):
             raise InputError(f"{path}: not a status.json (expected a JSON object)")
-        from rna_engine.cache import LOST_AFTER_S
+        from rna_engine.media.cache import LOST_AFTER_S
 
         report = cache_report(data, path, getattr(args, "lost_after_s", LOST_AFTER_S))
         text = json.dumps(report, indent=2) if args.json else format_cache_status(report)

@@ -1,6 +1,6 @@
 """`rna-engine synth --out DIR --preset NAME --seed N`: a synthetic shot with ground truth.
 
-Presets (`rna_engine.synth.PRESETS`): tiny, small, bench, hd, uhd, and the hard camera work
+Presets (`rna_engine.synthetic.shots.PRESETS`): tiny, small, bench, hd, uhd, and the hard camera work
 pan, zoomrot, parallax, exit, each also as `<name>-small` and `<name>-tiny`.
 """
 
@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 def populate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
-    from rna_engine.synth import PRESETS  # numpy only: cheap enough for the CLI's start-up
+    from rna_engine.synthetic.shots import (
+        PRESETS,  # numpy only: cheap enough for the CLI's start-up
+    )
 
     parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
@@ -33,7 +35,7 @@ def populate(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rna_engine.synth import make_shot, paint_pattern, write_shot
+    from rna_engine.synthetic.shots import make_shot, paint_pattern, write_shot
 
     overrides = {"frames": args.frames} if args.frames else {}
     shot = make_shot(args.preset, args.seed, **overrides)

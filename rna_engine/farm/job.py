@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rna_engine.cache import atomic_path, choose_version
 from rna_engine.errors import InputError
+from rna_engine.media.cache import atomic_path, choose_version
 from rna_engine.settings import BuildSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def parse_frames(text: str) -> FrameRange:
     Gaps and steps (`1-10x2`, `1-5 9`) are refused: every farm writes chunks as `a-b` ranges,
     which would render the missing frames.
     """
-    from rna_engine.io import parse_frame_range
+    from rna_engine.media.io import parse_frame_range
 
     frames = parse_frame_range(text)
     if frames != list(range(frames[0], frames[-1] + 1)):
@@ -353,7 +353,7 @@ def make_job(
         raise InputError(f"setting frames: {spec_path.name} has no frame range; pass --frames")
     render_frames = parse_frames(frame_text)
     if spec.frames:
-        from rna_engine.io import parse_frame_range
+        from rna_engine.media.io import parse_frame_range
 
         built = set(parse_frame_range(spec.frames))
         missing = [f for f in render_frames if f not in built]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine.appearance import (
+from rna_engine.stages.appearance import (
     DescriptorAppearance,
     DinoAppearance,
     box_mean,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import CACHE_FORMAT_VERSION, io
+from rna_engine import CACHE_FORMAT_VERSION
 from rna_engine.apply import (
     APPLY_FILTERS,
     ApplySettings,
@@ -17,11 +17,12 @@ from rna_engine.apply import (
     output_pixel_types,
     read_edited_atlas,
 )
-from rna_engine.cache import MASK, MATTE, SHADE, UV_U, UV_V, BuildPaths
 from rna_engine.cli import main
-from rna_engine.colour import srgb_to_linear
 from rna_engine.errors import InputError
-from rna_engine.stmap import identity_stmap
+from rna_engine.media import io
+from rna_engine.media.cache import MASK, MATTE, SHADE, UV_U, UV_V, BuildPaths
+from rna_engine.media.colour import srgb_to_linear
+from rna_engine.media.stmap import identity_stmap
 
 H, W = 24, 32
 FRAMES = (1001, 1002)

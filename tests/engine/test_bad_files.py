@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
 from rna_engine.cli import main
-from rna_engine.context import RunContext
 from rna_engine.errors import InputError
-from rna_engine.inputs import resolve_inputs
+from rna_engine.media import io
 from rna_engine.pipeline import ingest, prepare, validate_inputs
+from rna_engine.runtime.context import RunContext
 from rna_engine.settings import spec_from_dict
+from rna_engine.stages.inputs import resolve_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 EXR_MAGIC = b"\x76\x2f\x31\x01"

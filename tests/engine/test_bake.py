@@ -1,4 +1,4 @@
-"""rna_engine.bake on a tiny synthetic shot: the pipelined bake (readers, device work, writers).
+"""rna_engine.stages.bake on a tiny synthetic shot: the pipelined bake (readers, device work, writers).
 
 One short fit is shared by the module. The pass files do not depend on the number of I/O
 workers (bit for bit, headers included); a write error stops the bake with its own type and
@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import colour, io, synth
-from rna_engine.bake import PlateFormat, bake, shade_linear
-from rna_engine.cache import PASS_CHANNELS, BuildPaths
-from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
-from rna_engine.fit import FitResult, Fitter, ShotTensors
-from rna_engine.flow import compute_correspondences
-from rna_engine.progress import CancelToken
+from rna_engine.media import colour, io
+from rna_engine.media.cache import PASS_CHANNELS, BuildPaths
+from rna_engine.runtime.context import RunContext
+from rna_engine.runtime.progress import CancelToken
 from rna_engine.settings import build_settings
+from rna_engine.stages.bake import PlateFormat, bake, shade_linear
+from rna_engine.stages.correspondences import compute_correspondences
+from rna_engine.stages.fit import FitResult, Fitter, ShotTensors
+from rna_engine.synthetic import shots as synth
 
 SHORT_FIT: dict[str, Any] = {
     "fit": {
@@ -232,7 +233,7 @@ def with_detail(case: Case, frames: int) -> Case:
 
 def reference_recon(paths: BuildPaths, case: Case) -> np.ndarray:
     """(H, W, 3) shade × atlas(uv) of the reference frame, as the comp computes it."""
-    from rna_engine.stmap import sample_stmap
+    from rna_engine.media.stmap import sample_stmap
 
     number = case.shot.frame_numbers[case.shot.reference_index]
     atlas = io.read_image(paths.atlas_exr).select(("R", "G", "B"))
@@ -271,10 +272,10 @@ def test_more_detail_frames_average_the_grain_out(case: Case) -> None:
     """Plates made from the fit's own UVs and shade over a known texture, plus grain: the
     reference alone puts its grain in the atlas; the mean of five frames' pixels, splatted
     through T, is the texture with the grain averaged out."""
-    from rna_engine.bake import detail_frames, reference_detail
-    from rna_engine.fit import query_fields
-    from rna_engine.stmap import sample_stmap
-    from rna_engine.stmap_torch import uv_norm_to_stmap
+    from rna_engine.media.stmap import sample_stmap
+    from rna_engine.model.stmap_torch import uv_norm_to_stmap
+    from rna_engine.stages.bake import detail_frames, reference_detail
+    from rna_engine.stages.fit import query_fields
 
     shot, result, space = case.shot, case.result, case.space
     p = shot.params

@@ -1,4 +1,4 @@
-"""rna_engine.cache: versions, status, atomic publication."""
+"""rna_engine.media.cache: versions, status, atomic publication."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
-from rna_engine.cache import (
+from rna_engine.errors import InputError
+from rna_engine.media import io
+from rna_engine.media.cache import (
     LOST_AFTER_S,
     BuildPaths,
     StatusFile,
@@ -27,7 +28,6 @@ from rna_engine.cache import (
     status_lost,
     write_json_atomic,
 )
-from rna_engine.errors import InputError
 
 
 def _finish(paths: BuildPaths, digest: str) -> None:

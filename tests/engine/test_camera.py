@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import losses
-from rna_engine.camera import TrackAhead, apply_homography, normalised, plausible
-from rna_engine.context import RunContext
-from rna_engine.fields import RNAFields
-from rna_engine.fit import Geometry, camera_gate, camera_region_for
-from rna_engine.flow import compute_correspondences
+from rna_engine.model import losses
+from rna_engine.model.fields import RNAFields
+from rna_engine.runtime.context import RunContext
 from rna_engine.settings import FitSettings, FlowSettings
-from rna_engine.synth import make_shot
+from rna_engine.stages.camera import TrackAhead, apply_homography, normalised, plausible
+from rna_engine.stages.correspondences import compute_correspondences
+from rna_engine.stages.fit import Geometry, camera_gate, camera_region_for
+from rna_engine.synthetic.shots import make_shot
 
 
 @pytest.fixture(scope="module")

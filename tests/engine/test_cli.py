@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
 from rna_engine.cli import main
+from rna_engine.media import io
 
 
 def _sequence(folder: Path, frames: list[int]) -> str:

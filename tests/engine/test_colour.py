@@ -1,4 +1,4 @@
-"""rna_engine.colour: pinned config, role names, working encoding round trip."""
+"""rna_engine.media.colour: pinned config, role names, working encoding round trip."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import colour
 from rna_engine.errors import InputError
+from rna_engine.media import colour
 
 
 def test_pinned_builtin_config_is_recorded_by_full_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,11 +106,11 @@ def test_unknown_plate_colourspace_names_the_setting(tiny_config: str) -> None:
 
 
 def test_ingest_decodes_the_plate_from_its_colourspace(tmp_path: Path, tiny_config: str) -> None:
-    from rna_engine import io
-    from rna_engine.context import RunContext
-    from rna_engine.inputs import resolve_inputs
+    from rna_engine.media import io
     from rna_engine.pipeline import ingest
+    from rna_engine.runtime.context import RunContext
     from rna_engine.settings import spec_from_dict
+    from rna_engine.stages.inputs import resolve_inputs
 
     linear = np.random.default_rng(1).uniform(0.05, 8.0, (16, 24, 3)).astype(np.float32)
     for frame in (1001, 1002):

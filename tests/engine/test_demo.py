@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import io
-from rna_engine.cache import version_dirs
 from rna_engine.commands.demo import run_demo
-from rna_engine.demo_score import score_frame, summarise
-from rna_engine.metrics import psnr
-from rna_engine.qc import LABEL_BAND_PX, contact_sheet
-from rna_engine.synth import make_shot, paint_pattern
+from rna_engine.media import io
+from rna_engine.media.cache import version_dirs
+from rna_engine.media.metrics import psnr
+from rna_engine.stages.qc import LABEL_BAND_PX, contact_sheet
+from rna_engine.synthetic.scoring import score_frame, summarise
+from rna_engine.synthetic.shots import make_shot, paint_pattern
 
 TINY: dict = {
     "ingest": {"working_long_side": 64},

@@ -1,11 +1,11 @@
-"""rna_engine.evidence: occluder and surface evidence from motion and appearance (§5.2)."""
+"""rna_engine.stages.evidence: occluder and surface evidence from motion and appearance (§5.2)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rna_engine import evidence
+from rna_engine.stages import evidence
 
 H, W = 12, 16
 

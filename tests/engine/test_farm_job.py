@@ -13,13 +13,7 @@ import rna_engine.farm.job as job_module
 from rna_engine import cli
 from rna_engine.errors import InputError
 from rna_engine.farm import make_job
-from rna_engine.farm.job import (
-    ApplyRender,
-    FrameRange,
-    NukeRender,
-    nuke_version_of,
-    parse_frames,
-)
+from rna_engine.farm.job import ApplyRender, FrameRange, NukeRender, nuke_version_of, parse_frames
 
 SPEC = {
     "plate": "plate/plate.####.exr",

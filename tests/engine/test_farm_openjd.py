@@ -369,9 +369,9 @@ TINY_SETTINGS = {
 
 def real_shot(root: Path, **spec: object) -> tuple[Path, dict]:
     """The tiny synthetic shot, a spec with tiny fit settings, and a painted atlas stand-in."""
-    from rna_engine.io import write_rgba_exr
-    from rna_engine.synth import make_shot as synth_shot
-    from rna_engine.synth import paint_pattern, write_shot
+    from rna_engine.media.io import write_rgba_exr
+    from rna_engine.synthetic.shots import make_shot as synth_shot
+    from rna_engine.synthetic.shots import paint_pattern, write_shot
 
     shot = synth_shot("tiny", seed=0)
     manifest = write_shot(shot, root, truth=False, srgb=False)
@@ -395,7 +395,7 @@ def real_shot(root: Path, **spec: object) -> tuple[Path, dict]:
 @needs_cli
 @needs_engine
 def test_real_job_builds_and_applies_every_frame(tmp_path):
-    from rna_engine.io import frame_path, parse_frame_range
+    from rna_engine.media.io import frame_path, parse_frame_range
 
     spec, manifest = real_shot(tmp_path / "shot")
     out = tmp_path / "comp" / "comp.####.exr"

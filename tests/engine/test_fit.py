@@ -1,4 +1,4 @@
-"""rna_engine.fit on a tiny synthetic shot with ground truth (CPU, deterministic).
+"""rna_engine.stages.fit on a tiny synthetic shot with ground truth (CPU, deterministic).
 
 One fit is shared by the module: the reconstruction improves by ≥ 10 dB and exceeds 28 dB on
 the visible ROI, the mask matches the true occlusion (IoU ≥ 0.8), and T is the identity on the
@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import colour, evidence, synth
-from rna_engine.context import RunContext
 from rna_engine.errors import Cancelled, InputError
-from rna_engine.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
-from rna_engine.flow import compute_correspondences
-from rna_engine.progress import CancelToken
+from rna_engine.media import colour
+from rna_engine.runtime.context import RunContext
+from rna_engine.runtime.progress import CancelToken
 from rna_engine.settings import build_settings
+from rna_engine.stages import evidence
+from rna_engine.stages.correspondences import compute_correspondences
+from rna_engine.stages.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
+from rna_engine.synthetic import shots as synth
 
 TINY_FIT: dict[str, Any] = {
     "fit": {
@@ -136,8 +138,8 @@ def test_qc_measures_and_warns_about_a_misaligned_reference_frame(
 ) -> None:
     """`quality.reference_alignment`: the converged fit is the identity on the reference ROI;
     T moved by 5 px there is measured as such and warned about (`qc.max_reference_uv_px`)."""
-    from rna_engine.quality import reference_alignment, reference_alignment_warning
     from rna_engine.settings import QCSettings
+    from rna_engine.stages.quality import reference_alignment, reference_alignment_warning
 
     result, _, _ = fitted
     r = case.shot.reference_index
@@ -243,7 +245,7 @@ def test_the_camera_gate_keeps_the_tracked_roi_and_drops_what_the_prior_puts_els
     tracked ROI are empty whatever T says (docs/method.md §5.4)."""
     import dataclasses
 
-    from rna_engine.quality import frame_maps
+    from rna_engine.stages.quality import frame_maps
 
     result, _, fitter = fitted
     assert result.camera_region is not None
@@ -369,8 +371,8 @@ def test_bad_shots_are_refused() -> None:
 def test_graph_capture_only_with_graph_safe_grids() -> None:
     from types import SimpleNamespace
 
-    from rna_engine.fields import HashGrid
-    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.model.fields import HashGrid
+    from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
     from rna_engine.settings import FitSettings, HashGridSettings
 
     grid = HashGridSettings(n_levels=2, log2_hashmap_size=10, base_resolution=4)
@@ -468,7 +470,7 @@ def test_the_motion_tie_rule_only_unties_motion_ties_that_miss_the_atlas(
 def test_the_atlas_cell_cap_drops_only_the_atlas_grids_finer_levels(case: Case) -> None:
     """`fit.atlas_cells_per_px`: the atlas grid keeps the levels with at most that many cells per
     working pixel of the atlas box; the mask grid keeps every level; 0 leaves both whole."""
-    from rna_engine.fields import capped_levels, level_resolutions
+    from rna_engine.model.fields import capped_levels, level_resolutions
 
     grid = case.settings.fit.hash_grid
     res = level_resolutions(grid)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rna_engine.gpu_memory import StageMemory
-from rna_engine.progress import ProgressTracker
+from rna_engine.runtime.gpu_memory import StageMemory
+from rna_engine.runtime.progress import ProgressTracker
 
 MIB = 2**20
 

@@ -1,4 +1,4 @@
-"""rna_engine.io: sequences, EXR layers/parts/windows, atomic writes, bad files."""
+"""rna_engine.media.io: sequences, EXR layers/parts/windows, atomic writes, bad files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import OpenImageIO as oiio
 import pytest
 
-from rna_engine import io
 from rna_engine.errors import InputError
+from rna_engine.media import io
 
 
 def test_frame_ranges_follow_nuke_syntax() -> None:

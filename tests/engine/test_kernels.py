@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from rna_engine.errors import InputError
-from rna_engine.fields import HashGrid
-from rna_engine.kernels import available_backends, make_hash_grid, resolve_backend
+from rna_engine.model.fields import HashGrid
+from rna_engine.model.kernels import available_backends, make_hash_grid, resolve_backend
 from rna_engine.settings import HashGridSettings
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -99,7 +99,7 @@ def run_grid(grid: torch.nn.Module, case: dict[str, object]) -> dict[str, torch.
 
 def worker(case_dir: Path) -> None:
     """Child process: the Triton kernels (interpreted) on every case file in `case_dir`."""
-    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
 
     for path in sorted(case_dir.glob("*.case.pt")):
         case = torch.load(path)
@@ -193,7 +193,7 @@ def test_reference_input_gradient_is_the_derivative() -> None:
 @pytest.mark.parametrize("n_dims", [2, 3])
 def test_state_dict_round_trip(n_dims: int) -> None:
     """A reference state dict loads into TritonHashGrid and back, unchanged, same keys."""
-    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
 
     _, settings, _ = CASES["hashed_2d"]
     ref = HashGrid(n_dims, settings)
@@ -221,7 +221,7 @@ def test_triton_on_cpu_without_interpreter_falls_back_to_reference() -> None:
     """In this process TRITON_INTERPRET is unset: CPU input gives the reference's output."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("interpreter enabled in this process")
-    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
 
     n_dims, settings, _ = CASES["dense_2d"]
     ref = HashGrid(n_dims, settings)
@@ -286,7 +286,7 @@ def assert_matches(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], r
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("n_dims", [2, 3])
 def test_triton_matches_reference_cuda(n_dims: int) -> None:
-    from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+    from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
 
     case = cuda_case(n_dims)
     ref = run_grid(HashGrid(n_dims, FULL).cuda(), case)
@@ -299,7 +299,7 @@ def test_triton_matches_reference_cuda(n_dims: int) -> None:
 @pytest.mark.parametrize("n_dims", [2, 3])
 def test_tcnn_matches_reference_cuda(n_dims: int) -> None:
     """tinycudann computes pos with an FMA: points on a cell edge may differ in gradient."""
-    from rna_engine.kernels.tcnn_hashgrid import TcnnHashGrid, load_tinycudann
+    from rna_engine.model.kernels.tcnn_hashgrid import TcnnHashGrid, load_tinycudann
 
     if load_tinycudann()[0] is None:
         pytest.skip("tinycudann is not installed")

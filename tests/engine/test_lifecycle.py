@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from rna_engine.cache import LOST_AFTER_S, status_lost
 from rna_engine.cli import main
-from rna_engine.synth import make_shot, write_shot
+from rna_engine.media.cache import LOST_AFTER_S, status_lost
+from rna_engine.synthetic.shots import make_shot, write_shot
 from rna_nuke import knobs
 
 # Small enough that ingest + correspondences take seconds on 2 cores; the pretraining alone

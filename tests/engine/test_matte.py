@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rna_engine import matte as mt
 from rna_engine.errors import InputError
 from rna_engine.settings import MatteSettings
+from rna_engine.stages import matte as mt
 
 
 @pytest.fixture(autouse=True)
@@ -365,7 +365,7 @@ def test_missing_vitmatte_weights_warn_once_and_fall_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = MatteSettings(backend="vitmatte", vitmatte_dir=str(tmp_path / "none"))
-    with caplog.at_level(logging.WARNING, logger="rna_engine.matte"):
+    with caplog.at_level(logging.WARNING, logger="rna_engine.stages.matte"):
         backend = mt.load_backend(settings)
         again = mt.load_backend(settings)
     assert backend.name == "guided" and again.name == "guided"

@@ -1,12 +1,12 @@
-"""rna_engine.metrics: known answers on hand-built arrays."""
+"""rna_engine.media.metrics: known answers on hand-built arrays."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rna_engine import metrics
-from rna_engine.stmap import identity_stmap
+from rna_engine.media import metrics
+from rna_engine.media.stmap import identity_stmap
 
 
 def test_identity_stmap_is_the_reference_grid() -> None:

@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
 from rna_engine.apply import ApplySettings, apply_sequence
-from rna_engine.cache import MATTE, PASS_CHANNELS, UV_U, BuildPaths
 from rna_engine.cli import main
-from rna_engine.colour import working_space
-from rna_engine.context import RunContext
 from rna_engine.errors import InputError
-from rna_engine.inputs import resolve_inputs
-from rna_engine.metrics import encoded_error
+from rna_engine.media import io
+from rna_engine.media.cache import MATTE, PASS_CHANNELS, UV_U, BuildPaths
+from rna_engine.media.colour import working_space
+from rna_engine.media.metrics import encoded_error
 from rna_engine.pipeline import Ingested, ingest
+from rna_engine.runtime.context import RunContext
 from rna_engine.settings import spec_from_dict
-from rna_engine.synth import make_shot, paint_pattern, write_shot
+from rna_engine.stages.inputs import resolve_inputs
+from rna_engine.synthetic.shots import make_shot, paint_pattern, write_shot
 
 TINY_SETTINGS = [
     "ingest.working_long_side=64",

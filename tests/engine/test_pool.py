@@ -1,4 +1,4 @@
-"""rna_engine.pool: order, bounds and errors of the plate-I/O thread pools."""
+"""rna_engine.runtime.pool: order, bounds and errors of the plate-I/O thread pools."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from rna_engine.errors import Cancelled, InputError
-from rna_engine.pool import background_writer, io_workers, ordered_map, thread_pool
-from rna_engine.progress import CancelToken
+from rna_engine.runtime.pool import background_writer, io_workers, ordered_map, thread_pool
+from rna_engine.runtime.progress import CancelToken
 
 
 def test_io_workers_default_and_override() -> None:

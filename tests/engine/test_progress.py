@@ -1,4 +1,4 @@
-"""`rna_engine.progress.ProgressTracker`'s ETA, driven by a fake clock through stages of known
+"""`rna_engine.runtime.progress.ProgressTracker`'s ETA, driven by a fake clock through stages of known
 speed, and the farm/terminal text of events."""
 
 from __future__ import annotations
@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
-from rna_engine.progress import ETA_MAX_RISE, Event, FarmPrinter, ProgressTracker, format_eta
+from rna_engine.runtime.progress import (
+    ETA_MAX_RISE,
+    Event,
+    FarmPrinter,
+    ProgressTracker,
+    format_eta,
+)
 
 
 class FakeClock:

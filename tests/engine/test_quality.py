@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rna_engine import io
-from rna_engine.cache import BuildPaths
 from rna_engine.cli import main
 from rna_engine.errors import QualityError
-from rna_engine.metrics import uv_error_px
-from rna_engine.quality import check_bake, findings, flag_drops, worst
+from rna_engine.media import io
+from rna_engine.media.cache import BuildPaths
+from rna_engine.media.metrics import uv_error_px
 from rna_engine.settings import QCSettings
-from rna_engine.synth import make_shot, write_shot
+from rna_engine.stages.quality import check_bake, findings, flag_drops, worst
+from rna_engine.synthetic.shots import make_shot, write_shot
 
 REPO = Path(__file__).resolve().parents[2]
 CONVERGED = [

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from rna_engine import __version__
-from rna_engine.cache import BuildPaths, StatusFile, write_json_atomic
 from rna_engine.commands import status as status_command
 from rna_engine.errors import InputError
+from rna_engine.media.cache import BuildPaths, StatusFile, write_json_atomic
 from rna_engine.service import Service
 
 STAGES = {"ingest": 1.0, "fit": 3.0, "bake": 1.0}
@@ -540,7 +540,7 @@ def test_serve_subprocess_runs_the_real_pipeline(tmp_path: Path) -> None:
 )
 def test_serve_subprocess_cancels_a_real_build(tmp_path: Path) -> None:
     """A real (tiny, CPU) build is cancelled mid-run; the cache says so."""
-    from rna_engine.synth import make_shot, write_shot
+    from rna_engine.synthetic.shots import make_shot, write_shot
 
     shot = make_shot("tiny")
     write_shot(shot, tmp_path / "shot", truth=False, srgb=False)

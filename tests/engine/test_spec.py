@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
-from rna_engine.cache import BuildPaths
 from rna_engine.cli import main
 from rna_engine.errors import InputError
-from rna_engine.inputs import MIN_ROI_WORKING_PX, min_roi_side_px, resolve_inputs, roi_working
+from rna_engine.media import io
+from rna_engine.media.cache import BuildPaths
 from rna_engine.pipeline import build_hash, prepare, validate_inputs
 from rna_engine.settings import (
     SPEC_VERSION,
@@ -27,7 +26,13 @@ from rna_engine.settings import (
     spec_schema,
     spec_to_dict,
 )
-from rna_engine.synth import make_shot, write_shot
+from rna_engine.stages.inputs import (
+    MIN_ROI_WORKING_PX,
+    min_roi_side_px,
+    resolve_inputs,
+    roi_working,
+)
+from rna_engine.synthetic.shots import make_shot, write_shot
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rna_engine import stmap
-from rna_engine.stmap import identity_stmap, sample_stmap
+from rna_engine.media import stmap
+from rna_engine.media.stmap import identity_stmap, sample_stmap
 
 
 def _image(height: int = 3, width: int = 4, channels: int = 2) -> np.ndarray:
@@ -159,7 +159,7 @@ def test_bad_arguments_are_rejected() -> None:
 
 
 def _textbook_kernel(name: str, t: np.ndarray) -> np.ndarray:
-    """Each filter from its textbook formula, written apart from `rna_engine.stmap`."""
+    """Each filter from its textbook formula, written apart from `rna_engine.media.stmap`."""
     s = np.abs(t)
     if name == "linear":
         return np.maximum(1.0 - s, 0.0)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine import stmap, stmap_torch
+from rna_engine.media import stmap
+from rna_engine.model import stmap_torch
 
 DEVICES = [
     "cpu",

@@ -1,7 +1,7 @@
 """A numpy evaluator of the Nuke node classes RNAApply uses, for tests without Nuke.
 
 It evaluates a parsed gizmo (`nkparse`) for one frame: Input, Output, Read (EXR through
-`rna_engine.io`), STMap, Merge2 (plus, minus, from, multiply, min, max), Copy, Expression,
+`rna_engine.media.io`), STMap, Merge2 (plus, minus, from, multiply, min, max), Copy, Expression,
 Multiply, Remove, Switch, Dissolve and Dot, the `disable` knob, `{{expression}}` knobs (with
 `$gui`: False = a render, True = the interactive Viewer) and the Tcl commands `value`, `format`,
 `exists`, `subst`, `getenv` and `file dirname` inside `[...]`.
@@ -12,7 +12,7 @@ STMap builds dense separable weight matrices over edge-padded images from kernel
 their own textbook form (Keys' `a` for the B = 0 cubics, `a·sin(πt)·sin(πt/a)/(πt)²` for
 Lanczos4/Lanczos6/Sinc4 with a = 2, 3, 4), instead of gathering taps. The two paths agree only if
 the gizmo and `rna_engine.apply` compute the same thing, so the STMap is deliberately not shared
-with `rna_engine.stmap`: `test_two_stmap_implementations_agree` checks one against the other.
+with `rna_engine.media.stmap`: `test_two_stmap_implementations_agree` checks one against the other.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def evaluate_expression(text: str, lookup: Callable[[str], Any]) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# STMap, written independently of rna_engine.stmap
+# STMap, written independently of rna_engine.media.stmap
 
 
 def _keys_cubic(a: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -327,7 +327,7 @@ def stmap(
     u = stmap_image.plane(names[0]).ravel()
     v = stmap_image.plane(names[1]).ravel()
     # Sum in float32, as Nuke does: a footprint grazing a painted texel (~1e-9) must round the
-    # same way here as in Nuke and `rna_engine.stmap`.
+    # same way here as in Nuke and `rna_engine.media.stmap`.
     wx = _axis_weights(u * src.width, src.width, filt).astype(np.float32)
     wy = _axis_weights(v * src.height, src.height, filt).astype(np.float32)
     col = np.clip(np.arange(-_PAD, src.width + _PAD), 0, src.width - 1)
@@ -571,7 +571,7 @@ class GizmoEvaluator:
         return self.input_image(node, 0)
 
     def _node_Read(self, node: Node) -> Image:
-        from rna_engine import io
+        from rna_engine.media import io
 
         first = self.knob_number(node, "first", 1)
         last = self.knob_number(node, "last", 1)

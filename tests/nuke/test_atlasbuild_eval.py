@@ -16,8 +16,8 @@ import nkparse
 import numpy as np
 import pytest
 
-from rna_engine import io
-from rna_engine.cache import MATTE, SHADE, UV_U, UV_V, BuildPaths
+from rna_engine.media import io
+from rna_engine.media.cache import MATTE, SHADE, UV_U, UV_V, BuildPaths
 from rna_nuke import knobs
 
 GIZMO = Path(__file__).resolve().parents[2] / "gizmos" / "RNAAtlasBuild.gizmo"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from rna_engine.cache import BuildPaths, StatusFile, write_json_atomic
+from rna_engine.media.cache import BuildPaths, StatusFile, write_json_atomic
 from rna_engine.service import Service
 from rna_nuke import protocol
 from rna_nuke.client import EngineClient, recover_status

@@ -23,10 +23,10 @@ import nkparse
 import numpy as np
 import pytest
 
-from rna_engine import io
 from rna_engine.apply import ApplySettings, apply_frame, read_edited_atlas
-from rna_engine.cache import MASK, MATTE, SHADE, UV_U, UV_V
-from rna_engine.synth import make_shot, paint_pattern, write_shot
+from rna_engine.media import io
+from rna_engine.media.cache import MASK, MATTE, SHADE, UV_U, UV_V
+from rna_engine.synthetic.shots import make_shot, paint_pattern, write_shot
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,12 @@ import nkparse
 import numpy as np
 import pytest
 
-from rna_engine import CACHE_FORMAT_VERSION, io
+from rna_engine import CACHE_FORMAT_VERSION
 from rna_engine.apply import APPLY_FILTERS, ApplySettings, apply_frame, read_edited_atlas
-from rna_engine.cache import MASK, MATTE, SHADE, UV_U, UV_V, BuildPaths
 from rna_engine.cli import main
-from rna_engine.stmap import identity_stmap
+from rna_engine.media import io
+from rna_engine.media.cache import MASK, MATTE, SHADE, UV_U, UV_V, BuildPaths
+from rna_engine.media.stmap import identity_stmap
 
 GIZMO = Path(__file__).resolve().parents[2] / "gizmos" / "RNAApply.gizmo"
 H, W = 30, 40
@@ -417,8 +418,8 @@ def test_expression_rejects_garbage() -> None:
 
 @pytest.mark.parametrize("filt", nkeval.NUKE_FILTERS)
 def test_two_stmap_implementations_agree(filt: str) -> None:
-    # nkeval's dense y-up STMap vs rna_engine.stmap's 4×4 gathers, UVs reaching far outside.
-    from rna_engine.stmap import sample_stmap
+    # nkeval's dense y-up STMap vs rna_engine.media.stmap's 4×4 gathers, UVs reaching far outside.
+    from rna_engine.media.stmap import sample_stmap
 
     rng = np.random.default_rng(3)
     src = rng.normal(size=(9, 13, 3)).astype(np.float32)

@@ -1,7 +1,7 @@
 """QC: `qc/report.json` (per-frame ROI PSNR, timings, memory, backends) and `qc/contact.png`.
 
 Per frame, worst frame first (docs/method.md §7.1 says the authors' protocol cannot be reproduced,
-so we define ours; the measures are `rna_engine.quality.frame_measures`): at working resolution,
+so we define ours; the measures are `rna_engine.stages.quality.frame_measures`): at working resolution,
 inside the tracked ROI Ω_t — pixels whose T lands in the reference ROI's footprint —
 - `psnr_roi`: the model's reconstruction Î = M·S·A + (1 − M)·I against I (the paper's measure);
 - `psnr_atlas`: S·A(T(p)) against I on the pixels of Ω_t the model calls visible (M > 0.5) —
@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .cache import BuildPaths, write_json_atomic
-from .colour import preview_srgb
+from rna_engine import __version__
+from rna_engine.media.cache import BuildPaths, write_json_atomic
+from rna_engine.media.colour import preview_srgb
+from rna_engine.media.io import write_png
+from rna_engine.runtime.gpu_memory import StageMemory
+from rna_engine.runtime.progress import ProgressTracker
+from rna_engine.settings import BuildSpec
+
 from .fit import FitResult, ShotTensors
-from .gpu_memory import StageMemory
-from .io import write_png
-from .progress import ProgressTracker
 from .quality import (
     findings,
     frame_maps,
@@ -35,7 +37,6 @@ from .quality import (
     reference_alignment,
     reference_alignment_warning,
 )
-from .settings import BuildSpec
 
 
 def contact_sheet(
@@ -91,7 +92,7 @@ def _label_band(width: int, text: str) -> np.ndarray:
 
 
 def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    from .io import resize_area
+    from rna_engine.media.io import resize_area
 
     return resize_area(image.astype(np.float32), width, height)
 
@@ -109,8 +110,8 @@ def write_qc(
 ) -> dict[str, Any]:
     """Write `qc/report.json` and `qc/contact.png` (peak GPU memory from `memory`, per stage
     and the largest; `matte_coverage` per frame index from the bake); returns the report."""
-    from .io import read_image
-    from .kernels import available_backends
+    from rna_engine.media.io import read_image
+    from rna_engine.model.kernels import available_backends
 
     n = shot.n_frames
     per_frame = []

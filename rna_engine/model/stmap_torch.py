@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .stmap import CUBIC_BC
+from rna_engine.media.stmap import CUBIC_BC
 
 FILTERS: tuple[str, ...] = ("impulse", "linear", *CUBIC_BC)
 """Filters of the twin: `stmap.FILTERS` less the windowed sincs, which only `rna-engine apply`

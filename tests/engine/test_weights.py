@@ -1,4 +1,4 @@
-"""Tests of rna_engine/models.py and `rna-engine models`: registry, checksums, learned loaders
+"""Tests of rna_engine/runtime/weights.py and `rna-engine models`: registry, checksums, learned loaders
 with tiny randomly initialised models built here (never downloaded)."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rna_engine import cli, models
-from rna_engine.appearance import DinoAppearance, make_appearance
-from rna_engine.context import RunContext
+from rna_engine import cli
 from rna_engine.errors import InputError
+from rna_engine.runtime import weights
+from rna_engine.runtime.context import RunContext
 from rna_engine.settings import FlowSettings
+from rna_engine.stages.appearance import DinoAppearance, make_appearance
 
 needs_torchvision = pytest.mark.skipif(
-    not models.torchvision_available(), reason="torchvision is not usable in this environment"
+    not weights.torchvision_available(), reason="torchvision is not usable in this environment"
 )
 
 
@@ -72,17 +73,17 @@ def tiny_dino_folder(tmp_path: Path, model_type: str = "dinov2") -> tuple[Path, 
 
 def test_install_records_checksum_and_variant(tmp_path: Path, home: Path) -> None:
     source = fake_raft_file(tmp_path, 32)
-    record = models.install("raft", source)
+    record = weights.install("raft", source)
     assert record.variant == "small"
     assert record.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
-    installed = models.installed_path(record)
+    installed = weights.installed_path(record)
     assert installed.parent == home / "models" / "raft"
     assert installed.read_bytes() == source.read_bytes()
     registry = json.loads((home / "models" / "registry.json").read_text())
     assert registry["models"]["raft"]["sha256"] == record.sha256
-    assert models.read_registry()["raft"] == record
+    assert weights.read_registry()["raft"] == record
     # reinstalling replaces the entry
-    assert models.install("raft", fake_raft_file(tmp_path, 64)).variant == "large"
+    assert weights.install("raft", fake_raft_file(tmp_path, 64)).variant == "large"
     assert len(list((home / "models" / "raft").iterdir())) == 1
 
 
@@ -90,28 +91,28 @@ def test_install_rejects_what_is_not_raft(tmp_path: Path, home: Path) -> None:
     wrong = tmp_path / "wrong.pth"
     torch.save({"fnet.conv1.weight": torch.zeros(64, 3, 7, 7)}, wrong)  # original RAFT layout
     with pytest.raises(InputError, match="not a torchvision RAFT state dict"):
-        models.install("raft", wrong)
+        weights.install("raft", wrong)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     with pytest.raises(InputError, match="not a PyTorch weights file"):
-        models.install("raft", text)
+        weights.install("raft", text)
     with pytest.raises(InputError, match="must be a file"):
-        models.install("raft", tmp_path)
-    assert models.read_registry() == {}
+        weights.install("raft", tmp_path)
+    assert weights.read_registry() == {}
 
 
 def test_resolve_reports_missing_and_changed_weights(
     tmp_path: Path, home: Path, engine_log
 ) -> None:
-    assert models.resolve("raft") is None
+    assert weights.resolve("raft") is None
     assert "rna-engine models install raft --from FILE" in engine_log.text
     folder, _ = tiny_dino_folder(tmp_path)
-    record = models.install("dino", folder)
-    assert models.resolve("dino") == record
-    weights = next(p for p in models.installed_path(record).iterdir() if p.suffix != ".json")
-    weights.write_bytes(weights.read_bytes() + b"\0")
+    record = weights.install("dino", folder)
+    assert weights.resolve("dino") == record
+    saved = next(p for p in weights.installed_path(record).iterdir() if p.suffix != ".json")
+    saved.write_bytes(saved.read_bytes() + b"\0")
     engine_log.clear()
-    assert models.resolve("dino") is None
+    assert weights.resolve("dino") is None
     assert "checksum mismatch" in engine_log.text
     assert "rna-engine models install dino --from DIR" in engine_log.text
 
@@ -120,9 +121,9 @@ def test_folder_checksum_covers_names_and_bytes(tmp_path: Path) -> None:
     a = tmp_path / "a"
     a.mkdir()
     (a / "x.bin").write_bytes(b"12")
-    first = models.checksum(a)
+    first = weights.checksum(a)
     (a / "x.bin").rename(a / "y.bin")
-    assert models.checksum(a) != first
+    assert weights.checksum(a) != first
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,11 +135,11 @@ def test_dino_install_and_load_give_the_same_model(
     tmp_path: Path, home: Path, model_type: str
 ) -> None:
     folder, original = tiny_dino_folder(tmp_path, model_type)
-    record = models.install("dino", folder)
+    record = weights.install("dino", folder)
     assert record.variant == model_type
-    loaded = models.load_dino("cpu")
+    loaded = weights.load_dino("cpu")
     frames = torch.rand(2, 3, 24, 32)
-    appearance = make_appearance(FlowSettings(appearance="dino"), "cpu", models.resolve("dino"))
+    appearance = make_appearance(FlowSettings(appearance="dino"), "cpu", weights.resolve("dino"))
     assert isinstance(appearance, DinoAppearance)
     expected = DinoAppearance(original).features(frames)
     torch.testing.assert_close(appearance.features(frames), expected)
@@ -150,14 +151,14 @@ def test_dino_install_rejects_other_models(tmp_path: Path, home: Path) -> None:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(InputError, match="model_type 'bert'"):
-        models.install("dino", folder)
+        weights.install("dino", folder)
 
 
 def test_stage_uses_installed_dino(tmp_path: Path, home: Path, engine_log) -> None:
-    from rna_engine.flow import compute_correspondences
+    from rna_engine.stages.correspondences import compute_correspondences
 
     folder, _ = tiny_dino_folder(tmp_path)
-    models.install("dino", folder)
+    weights.install("dino", folder)
     frames = torch.rand(2, 3, 24, 32)
     compute_correspondences(
         frames, torch.ones(24, 32), 0, FlowSettings(appearance="dino"), RunContext()
@@ -174,14 +175,14 @@ def test_stage_uses_installed_dino(tmp_path: Path, home: Path, engine_log) -> No
 def test_raft_small_install_load_and_flow(tmp_path: Path, home: Path) -> None:
     from torchvision.models.optical_flow import raft_small
 
-    from rna_engine.flow import RaftFlow, compute_correspondences
+    from rna_engine.stages.correspondences import RaftFlow, compute_correspondences
 
     torch.manual_seed(0)
     original = raft_small(weights=None).eval()
     path = tmp_path / "raft_small.pth"
     torch.save(original.state_dict(), path)
-    assert models.install("raft", path).variant == "small"
-    loaded = models.load_raft("cpu")
+    assert weights.install("raft", path).variant == "small"
+    loaded = weights.load_raft("cpu")
     for key, value in original.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
     frames = torch.rand(2, 3, 40, 52)  # padded to 128×128 inside

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from rna_engine.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from rna_engine.errors import InputError
+
 from .cache import atomic_path
-from .errors import InputError
 
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%(0?)(\d*)d")

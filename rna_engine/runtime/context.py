@@ -58,7 +58,7 @@ def resolve_device(name: str) -> str:
     """`auto` → `cuda:0` when CUDA is available, else `cpu`; other names are checked."""
     import torch
 
-    from .errors import InputError
+    from rna_engine.errors import InputError
 
     if name == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"

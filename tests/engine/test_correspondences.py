@@ -1,4 +1,4 @@
-"""Tests of rna_engine/flow.py: flow math, occlusion checks, aggregation, bootstrap, cache."""
+"""Tests of rna_engine/stages/correspondences.py: flow math, occlusion checks, aggregation, bootstrap, cache."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from rna_engine.appearance import pixel_grid
-from rna_engine.context import RunContext
-from rna_engine.flow import (
+from rna_engine.runtime.context import RunContext
+from rna_engine.runtime.progress import CancelToken
+from rna_engine.settings import FlowSettings
+from rna_engine.stages.appearance import pixel_grid
+from rna_engine.stages.correspondences import (
     Correspondences,
     DisFlow,
     compose,
@@ -22,8 +24,6 @@ from rna_engine.flow import (
     pull_back_mask,
     warp,
 )
-from rna_engine.progress import CancelToken
-from rna_engine.settings import FlowSettings
 
 BG_VELOCITY = (1.3, 0.6)
 """Background motion per frame, pixels (x, y)."""
@@ -386,7 +386,7 @@ def test_missing_raft_weights_log_the_command_and_fall_back_to_dis(
 
 
 def test_synthetic_tiny_shot_reference_flow_and_occlusion() -> None:
-    synth = pytest.importorskip("rna_engine.synth")
+    synth = pytest.importorskip("rna_engine.synthetic.shots")
     shot = synth.make_shot("tiny")
     frames = torch.from_numpy(shot.plate_srgb).permute(0, 3, 1, 2).contiguous()
     r = shot.reference_index

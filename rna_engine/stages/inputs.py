@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .errors import InputError
-from .settings import BuildSpec, absolute_paths
+from rna_engine.errors import InputError
+from rna_engine.media import io
+from rna_engine.settings import BuildSpec, absolute_paths
 
 MIN_ROI_WORKING_PX = 64
 """Fewest ROI pixels at working resolution a fit accepts: an 8×8 patch, the default DIS patch

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .cache import atomic_path
+from rna_engine.errors import InputError
+from rna_engine.media.cache import atomic_path
+
 from .context import rna_home
-from .errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .flow import warp
+from .correspondences import warp
 
 
 @dataclass(frozen=True)

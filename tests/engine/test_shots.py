@@ -1,4 +1,4 @@
-"""rna_engine.synth: the ground truth is self-consistent and deterministic."""
+"""rna_engine.synthetic.shots: the ground truth is self-consistent and deterministic."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna_engine import io
-from rna_engine.synth import SynthShot, make_shot, paint_pattern, write_shot
+from rna_engine.media import io
+from rna_engine.synthetic.shots import SynthShot, make_shot, paint_pattern, write_shot
 
 
 def test_ground_truth_reproduces_every_unoccluded_pixel() -> None:
@@ -113,7 +113,7 @@ def test_cli_offers_every_synth_preset() -> None:
     import argparse
 
     from rna_engine.commands import synth as command
-    from rna_engine.synth import PRESETS
+    from rna_engine.synthetic.shots import PRESETS
 
     parser = argparse.ArgumentParser()
     command.populate(parser)
@@ -144,7 +144,7 @@ def _grid(shot: SynthShot) -> np.ndarray:
 
 @pytest.mark.parametrize("name", HARD)
 def test_hard_preset_identity_at_reference_and_sizes(name: str) -> None:
-    from rna_engine.synth import PRESETS
+    from rna_engine.synthetic.shots import PRESETS
 
     assert (PRESETS[name]["width"], PRESETS[name]["height"], PRESETS[name]["frames"]) == (
         768,

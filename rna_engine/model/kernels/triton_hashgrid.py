@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rna_engine.fields import HashGrid
+from rna_engine.model.fields import HashGrid
 from rna_engine.settings import HashGridSettings
 
 log = logging.getLogger(__name__)

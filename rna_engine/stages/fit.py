@@ -21,15 +21,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import evidence, losses
-from .cache import atomic_path
+from rna_engine.errors import FitDiverged, InputError
+from rna_engine.media.cache import atomic_path
+from rna_engine.model import losses
+from rna_engine.model.fields import RNAFields, capped_levels
+from rna_engine.runtime.context import RunContext
+from rna_engine.settings import FitSettings, RefineSettings
+
+from . import evidence
 from .camera import normalised, roi_region
-from .context import RunContext
-from .errors import FitDiverged, InputError
-from .fields import RNAFields, capped_levels
-from .flow import Correspondences
+from .correspondences import Correspondences
 from .inputs import roi_fault
-from .settings import FitSettings, RefineSettings
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .colour import linear_to_srgb
-from .errors import InputError
+from rna_engine.errors import InputError
+from rna_engine.media.colour import linear_to_srgb
 
 _HARD_COMMON: dict[str, Any] = {
     "occluders": 2,
@@ -741,7 +741,7 @@ def _write_frame(
     shot: SynthShot, out: Path, i: int, edit: np.ndarray | None, truth: bool, srgb: bool
 ) -> None:
     """Write every file of frame index `i` (a unit of work for `write_shot`'s workers)."""
-    from .io import write_exr, write_png, write_rgba_exr
+    from rna_engine.media.io import write_exr, write_png, write_rgba_exr
 
     number = shot.frame_numbers[i]
     f = shot.frame(i)
@@ -792,7 +792,7 @@ def write_shot(
     illum.R/G/B, roi.a), `truth/texture.exr`, and `edited/edited.####.exr` when `edit` is given.
     `workers` > 1 renders frames in that many processes (large presets).
     """
-    from .io import write_exr, write_png, write_rgba_exr
+    from rna_engine.media.io import write_exr, write_png, write_rgba_exr
 
     out = Path(out)
     indices = range(shot.n_frames)

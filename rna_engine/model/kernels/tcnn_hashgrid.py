@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rna_engine.fields import HashGrid
+from rna_engine.model.fields import HashGrid
 from rna_engine.settings import HashGridSettings
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from .settings import FitSettings, HashGridSettings
+from rna_engine.settings import FitSettings, HashGridSettings
 
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 """tinycudann's coherent prime hash, one prime per dimension."""

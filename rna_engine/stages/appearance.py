@@ -13,7 +13,7 @@ both giving a number in [-1, 1] that is compared with `FlowSettings.appearance_t
 - `dino`: DINO ViT-S/8 or DINOv2 patch tokens through `transformers` (installed weights), the
   official test: cosine of the features bilinearly resampled at p and at p + F(p).
 
-Also the sampling primitives shared with `flow.py`. Convention: positions and flows in
+Also the sampling primitives shared with `correspondences.py`. Convention: positions and flows in
 working-resolution pixels, x = column, y = row (top-down), pixel centres at integer coordinates.
 """
 
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .settings import FlowSettings
+from rna_engine.settings import FlowSettings
 
 if TYPE_CHECKING:
-    from .models import ModelRecord
+    from rna_engine.runtime.weights import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def box_mean(x: Tensor, radius: int) -> Tensor:
 
 
 class Appearance(Protocol):
-    """What `flow.py` needs from an appearance backend."""
+    """What `correspondences.py` needs from an appearance backend."""
 
     name: str
 
@@ -271,11 +271,11 @@ def _sample_token_grid(tokens: Tensor, xy_px: Tensor, height: int, width: int) -
 
 def make_appearance(settings: FlowSettings, device: str, dino: ModelRecord | None) -> Appearance:
     """The appearance backend to use: DINO when `settings` ask for it and `dino` (a resolved
-    record, see `models.resolve`) is given, else the weight-free descriptor."""
+    record, see `weights.resolve`) is given, else the weight-free descriptor."""
     if settings.appearance == "dino" and dino is not None:
-        from . import models
+        from rna_engine.runtime import weights
 
-        return DinoAppearance(models.load_dino(device, record=dino))
+        return DinoAppearance(weights.load_dino(device, record=dino))
     return DescriptorAppearance(
         settings.descriptor_radius_px,
         settings.descriptor_structure_floor,

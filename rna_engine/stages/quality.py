@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import QualityError
+from rna_engine.errors import QualityError
+from rna_engine.media.io import format_frame_range as format_frames
+from rna_engine.media.metrics import psnr
+from rna_engine.settings import QCSettings
+
 from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
-from .io import format_frame_range as format_frames
-from .metrics import psnr
-from .settings import QCSettings
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
-from .errors import Cancelled
+from rna_engine.errors import Cancelled
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Numpy in, numbers out: no file access, no device, no settings. Conventions:
 - `ref_xy`: reference-frame pixels, pixel centres at **integers** (the synthetic ground truth's
   `true_ref_xy`); the atlas raster is aligned with the reference frame (docs/cache.md).
 - `uv_stmap`: the cache's STMap coordinates (origin bottom-left, centres at +0.5), see
-  `rna_engine.stmap`.
+  `rna_engine.media.stmap`.
 - A *region* is a (H, W) bool array; a metric over an empty region is None, never 0 or NaN, so
   a frame where the ROI is out of view is reported as such.
 - Shares are 0..1; `*_pct` names in reports multiply by 100.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rna_engine.errors import InputError
-from rna_engine.fields import HashGrid
+from rna_engine.model.fields import HashGrid
 from rna_engine.settings import HashGridSettings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _triton_version() -> str | None:
 
 
 def _tcnn_version() -> str | None:
-    from rna_engine.kernels.tcnn_hashgrid import load_tinycudann
+    from .tcnn_hashgrid import load_tinycudann
 
     tcnn, _ = load_tinycudann()
     if tcnn is None:
@@ -114,11 +114,11 @@ def make_hash_grid(
     name = resolve_backend(backend, dev)
     grid: HashGrid
     if name == "tcnn":
-        from rna_engine.kernels.tcnn_hashgrid import TcnnHashGrid
+        from .tcnn_hashgrid import TcnnHashGrid
 
         grid = TcnnHashGrid(n_dims, settings)
     elif name == "triton":
-        from rna_engine.kernels.triton_hashgrid import TritonHashGrid
+        from .triton_hashgrid import TritonHashGrid
 
         grid = TritonHashGrid(n_dims, settings)
     else:

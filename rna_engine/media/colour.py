@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import InputError
+from rna_engine.errors import InputError
 
 PINNED_CONFIGS = (
     "studio-config-v5.0.0_aces-v2.1_ocio-v2.6",

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .models import models_dir
-from .settings import MatteSettings
+from rna_engine.errors import InputError
+from rna_engine.runtime.weights import models_dir
+from rna_engine.settings import MatteSettings
 
 log = logging.getLogger(__name__)
 

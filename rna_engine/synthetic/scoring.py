@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import psnr
+from rna_engine.media.metrics import psnr
 
 """PSNR reported for an exact match (an MSE of 0 has no finite PSNR)."""
 

@@ -29,16 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import MASK, MATTE, SHADE, UV_CONVENTION, UV_U, UV_V, BuildPaths
-from .colour import WorkingSpace
-from .context import RunContext
-from .errors import QualityError
+from rna_engine.errors import QualityError
+from rna_engine.media.cache import MASK, MATTE, SHADE, UV_CONVENTION, UV_U, UV_V, BuildPaths
+from rna_engine.media.colour import WorkingSpace
+from rna_engine.media.io import resize_area, write_exr, write_rgba_exr
+from rna_engine.model.stmap_torch import sample_stmap, uv_norm_to_stmap
+from rna_engine.runtime.context import RunContext
+from rna_engine.runtime.pool import background_writer, io_workers, ordered_map, thread_pool
+from rna_engine.settings import BakeSettings, MatteSettings
+
 from .fit import FitResult, query_fields
-from .io import resize_area, write_exr, write_rgba_exr
 from .matte import load_backend, soft_matte
-from .pool import background_writer, io_workers, ordered_map, thread_pool
-from .settings import BakeSettings, MatteSettings
-from .stmap_torch import sample_stmap, uv_norm_to_stmap
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Computes, for N frames and a reference frame r:
 - bootstrap masks: the reference ROI pulled back through t→r, AND the validity of t→r.
 
 Flow backends behind `FlowBackend`: OpenCV DIS (default, no weights) and torchvision RAFT
-(installed weights, see `models.py`; missing weights log one line and fall back to DIS).
+(installed weights, see `runtime/weights.py`; missing weights log one line and fall back to DIS).
 Everything after the flow backend stays on `ctx.device`; no flow is computed twice. The result
 is cached under `ctx.work_dir`, keyed by a hash of frames, ROI, reference index, settings and
 the weights used, so a rebuild with other fit settings skips this stage.
@@ -42,14 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import models
+from rna_engine.errors import InputError
+from rna_engine.media.cache import atomic_path
+from rna_engine.runtime import weights
+from rna_engine.runtime.context import RunContext
+from rna_engine.runtime.pool import ordered_map
+from rna_engine.settings import FlowSettings
+
 from .appearance import Appearance, gather, inside, make_appearance, pixel_grid, sample_px
-from .cache import atomic_path
 from .camera import CameraTracker, TrackAhead, to_gray
-from .context import RunContext
-from .errors import InputError
-from .pool import ordered_map
-from .settings import FlowSettings
 
 log = logging.getLogger(__name__)
 
@@ -367,8 +368,8 @@ def compute_correspondences(
         raise InputError(
             f"setting reference_frame: index {reference_index} is outside the {n} loaded frames"
         )
-    raft = models.resolve("raft") if settings.backend == "raft" else None
-    dino = models.resolve("dino") if settings.appearance == "dino" else None
+    raft = weights.resolve("raft") if settings.backend == "raft" else None
+    dino = weights.resolve("dino") if settings.appearance == "dino" else None
     key = cache_key(frames, roi, reference_index, settings, raft, dino)
     path = ctx.work_dir / f"correspondences-{key[:20]}.pt" if ctx.work_dir else None
     if path is not None and path.exists():
@@ -384,7 +385,7 @@ def compute_correspondences(
     appearance = make_appearance(settings, device, dino)
     backend: DisFlow | RaftFlow
     if raft is not None:
-        model = models.load_raft(device, record=raft)
+        model = weights.load_raft(device, record=raft)
         backend = RaftFlow(model, frames, settings.raft_iterations, settings.batch_pairs)
     else:
         backend = DisFlow(frames, settings, device, workers=max(1, torch.get_num_threads()))
@@ -647,8 +648,8 @@ def cache_key(
     roi: Tensor,
     reference_index: int,
     settings: FlowSettings,
-    raft: models.ModelRecord | None,
-    dino: models.ModelRecord | None,
+    raft: weights.ModelRecord | None,
+    dino: weights.ModelRecord | None,
 ) -> str:
     """Hex digest of everything the result depends on (frames, ROI, settings, weights used)."""
     digest = hashlib.blake2b(digest_size=20)
