@@ -21,7 +21,7 @@ working size (768×432 unless `--width/--height`), medians of `--repeats` runs a
   guided/closed-form default and of ViTMatte (a `transformers` ViTMatte of ViTMatte-small's
   size) at a 1920×1080 plate, and with `--uhd` at 4096×2160; the mask comes from the working
   resolution (bilinearly upsampled), the band along a soft-edged occluder.
-- **fit** (`fit.Fitter.joint`, `encoding_backend` per hash-grid backend): joint-fit steps per
+- **fit** (`stages.fit.JointFit.run`, `encoding_backend` per hash-grid backend): joint-fit steps per
   second at the `standard` batch, as the build runs them (CUDA graph on a GPU), measured as
   the difference of a short and a long run (capture and warm-up cancel out). The shot is
   `synth.make_shot("bench")` at the working size with zero flows, all valid: the step's cost
@@ -678,15 +678,15 @@ def _fit_seconds(
     fitter = Fitter(tensors, fit, refine, RunContext(device=str(b.device), seed=0), grid_factory)
 
     def run(count: int) -> float:
-        fitter.iterations = count
+        fitter.joint.steps = count
         _sync(b.device)
         t0 = time.perf_counter()
-        fitter.joint()  # reads the last loss back: ends synchronised
+        fitter.joint.run(fitter.loop)  # reads the last loss back: ends synchronised
         _sync(b.device)
         return time.perf_counter() - t0
 
     run(short)  # compiles the kernels, allocates
-    return run(short), run(short + steps), fitter.use_graph
+    return run(short), run(short + steps), fitter.loop.use_graph
 
 
 def _time_fit(
@@ -737,7 +737,7 @@ def bench_fit(b: Bench) -> None:
     valid = torch.ones(n, h, w, dtype=torch.bool, device=b.device)
     corr = Correspondences(zeros, valid, zeros, valid, zeros, valid, roi.expand(n, h, w).clone())
     tensors = ShotTensors(frames, roi, shot.reference_index, corr)
-    timed = f"joint-fit step (Fitter.joint), batch {batch}, {w}×{h}×{n} shot"
+    timed = f"joint-fit step (JointFit.run), batch {batch}, {w}×{h}×{n} shot"
     # torch last: its graph capture is the one that may fail (see bench_hashgrid.py --graph)
     for backend in ("tcnn", "triton", "torch"):
         run = functools.partial(_time_fit, b, backend, tensors, batch, short, steps, timed)

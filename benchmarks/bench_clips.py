@@ -32,6 +32,9 @@ matte, paint comp and an occluder check of the worst frame by visible coverage, 
 `<out>/<clip>_worst_hidden.png` (the same for the worst frame by occluded hidden). The
 occluder check tile is the plate with the object's outline (yellow), its tracked-ROI pixels
 that the matte hides (green) and those it does not (red: paint would land on the object).
+Each clip's headline figures replace its status record `clip-<clip>.json` (`results.py`) in
+`--results DIR`, else `$RNA_BENCH_RESULTS`, else `benchmarks/results/` (`--quick`: only in a
+named folder); `python benchmarks/status.py` puts them in BENCHMARKS.md.
 Not collected by pytest.
 """
 
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_hard import QUICK_SET, run_build  # noqa: E402
 from meta import commit  # noqa: E402
+from results import device_name, settings_note, target_dir, write_result  # noqa: E402
 
 from rna_engine.media import io  # noqa: E402
 from rna_engine.media import metrics as m  # noqa: E402
@@ -276,6 +280,48 @@ def table(name: str, rows: list[dict[str, Any]], limit: int) -> str:
     return "\n".join(lines)
 
 
+def record_clip(
+    name: str, rows: list[dict[str, Any]], entry: dict[str, Any], meta: dict[str, Any], folder: Path
+) -> Path:
+    """Replace the clip's status record with this run's headline figures (`results.py`)."""
+    metrics = entry["metrics"]
+    report_path = BuildPaths(Path(entry["cache"])).qc_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    cover = [r["visible_coverage_pct"] for r in rows if r["visible_coverage_pct"] is not None]
+    notes = []
+    for key, what in (
+        ("visible_coverage_pct", "visible coverage worst"),
+        ("occluded_hidden_pct", "occluded hidden lowest"),
+    ):
+        worst = m.worst_first(rows, key, True)[:1]
+        if worst and worst[0][key] is not None:
+            notes.append(f"{what} at frame {worst[0]['frame']} ({worst[0]['distance']:+d})")
+    note = "; ".join(notes)
+    figures = {
+        "build_s": entry["build_s"],
+        "peak_allocated_mib": report.get("peak_gpu_memory_mib"),
+        "in_view_frames": sum(1 for r in rows if r["tracked_px"] > 0),
+        "visible_coverage_worst_pct": metrics["visible_coverage_pct"]["worst"],
+        "visible_coverage_median_pct": metrics["visible_coverage_pct"]["median"],
+        "frames_under_95": sum(1 for c in cover if c < 95),
+        "occluded_hidden_min_pct": metrics["occluded_hidden_pct"]["worst"],
+        "atlas_psnr_worst_db": metrics["atlas_psnr"]["worst"],
+        "atlas_psnr_median_db": metrics["atlas_psnr"]["median"],
+        "leak_max_pct": metrics["leak_pct"]["worst"],
+    }
+    return write_result(
+        "clip",
+        name,
+        figures,
+        meta["command"],
+        device_name(report.get("device") or meta["device"]),
+        meta["commit"],
+        settings_note(meta["preset"], meta["set"]),
+        note[:1].upper() + note[1:] or None,
+        directory=folder,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", default=str(ROOT.parent / "shared" / "data" / "clips"))
@@ -287,6 +333,7 @@ def main() -> int:
     parser.add_argument("--frames", default="", help="frame range a-b (default: all)")
     parser.add_argument("--rows", type=int, default=12, help="frames per table (0 = all)")
     parser.add_argument("--out", default="bench_clips_out")
+    parser.add_argument("--results", default="", help="folder of the status records")
     args = parser.parse_args()
     clips = Path(args.clips)
     out = Path(args.out).resolve()
@@ -297,6 +344,7 @@ def main() -> int:
         raise SystemExit(f"{clips}: no clips found")
     sets = [*(QUICK_SET if args.quick else ()), *args.set]
     quality = "draft" if args.quick and args.preset == "standard" else args.preset
+    records = target_dir(args.results, args.quick)
     per_frame: dict[str, Any] = {}
     summary: dict[str, Any] = {
         "meta": {
@@ -353,6 +401,8 @@ def main() -> int:
         write_json_atomic(out / "clips_per_frame.json", per_frame)
         write_json_atomic(out / "clips_summary.json", summary)
         print(table(name, rows, args.rows), "\n", flush=True)
+        if records is not None:
+            record_clip(name, rows, summary["clips"][name], summary["meta"], records)
     return 0
 
 

@@ -81,7 +81,7 @@ def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tupl
         return make_hash_grid(n_dims, grid_settings, backend, torch.device(device))
 
     fitter = Fitter(shot, spec.settings.fit, dataclasses.replace(rs, **over), ctx, grid_factory)
-    if fitter._load() is None:
+    if fitter.loop.load() is None:
         raise SystemExit(f"{cache / 'work'}: no usable fit checkpoint")
     return fitter, data, spec
 
@@ -108,9 +108,16 @@ def score(fitter: Fitter, numbers: list[int], cover: np.ndarray) -> list[dict[st
     import cv2
 
     shot, model, geo = fitter.shot, fitter.model, fitter.geometry
-    pred, cand, follows, joint_px = fitter._prediction_and_candidates()
-    sets = fitter._refine_sets(pred, cand, follows, joint_px)  # the build's own sets
-    tied, elsewhere, err, theta = fitter._ties(pred, cand, follows)
+    c = fitter.refinement.candidates()
+    sets, _ = fitter.refinement.sets(c)  # the build's own sets
+    ties = fitter.refinement.ties(c)
+    cand, tied, elsewhere, err, theta = (
+        c.omega,
+        ties.tied,
+        ties.elsewhere,
+        ties.error,
+        ties.threshold,
+    )
     h, w = shot.height, shot.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     kernel = np.ones((3, 3), np.uint8)

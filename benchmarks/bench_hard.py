@@ -21,7 +21,10 @@ frame against the exact truth (`rna_engine.media.metrics`), at plate resolution:
 
 Prints a table per shot sorted worst frame first (by `--sort`, default UV p90), and writes
 `<out>/per_frame.json` and `<out>/summary.json` (pooled UV quantiles over all frames, pooled
-edit PSNR, worst/p10/median/mean per metric, medians by distance to the reference).
+edit PSNR, worst/p10/median/mean per metric, medians by distance to the reference). Each
+shot's headline figures replace its status record `hard-<shot>.json` (`results.py`) in
+`--results DIR`, else `$RNA_BENCH_RESULTS`, else `benchmarks/results/` (`--quick`: only in a
+named folder); `python benchmarks/status.py` puts them in BENCHMARKS.md.
 Not collected by pytest.
 """
 
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from meta import commit  # noqa: E402
+from results import device_name, settings_note, target_dir, write_result  # noqa: E402
 
 from rna_engine.media import io  # noqa: E402
 from rna_engine.media import metrics as m  # noqa: E402
@@ -259,6 +263,47 @@ def table(name: str, rows: list[dict[str, Any]], sort: str, limit: int) -> str:
     return "\n".join(lines)
 
 
+def record_shot(
+    name: str, rows: list[dict[str, Any]], entry: dict[str, Any], meta: dict[str, Any], folder: Path
+) -> Path:
+    """Replace the shot's status record with this run's headline figures (`results.py`)."""
+    metrics = entry["metrics"]
+    report_path = BuildPaths(Path(entry["cache"])).qc_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    notes = [entry["shot"]]
+    for key, what in (("uv_p90_px", "UV p90 worst"), ("edit_psnr", "edit PSNR worst")):
+        worst = m.worst_first(rows, key, HIGHER_IS_BETTER[key])[:1]
+        if worst and worst[0][key] is not None:
+            notes.append(f"{what} at frame {worst[0]['frame']} ({worst[0]['distance']:+d})")
+    if entry["frames_with_nonfinite"]:
+        notes.append(f"{entry['frames_with_nonfinite']} frames with NaN/inf pixels")
+    figures = {
+        "build_s": entry["build_s"],
+        "peak_allocated_mib": report.get("peak_gpu_memory_mib"),
+        "visible_coverage_worst_pct": metrics["coverage_pct"]["worst"],
+        "visible_coverage_median_pct": metrics["coverage_pct"]["median"],
+        "occluder_shown_max_pct": metrics["occluder_shown_pct"]["worst"],
+        "edit_psnr_worst_db": metrics["edit_psnr"]["worst"],
+        "edit_psnr_median_db": metrics["edit_psnr"]["median"],
+        "edit_psnr_pooled_db": entry["edit_psnr_pooled"],
+        "uv_p90_worst_px": metrics["uv_p90_px"]["worst"],
+        "uv_p90_median_px": metrics["uv_p90_px"]["median"],
+        "leak_max_pct": metrics["leak_pct"]["worst"],
+        "leak_median_pct": metrics["leak_pct"]["median"],
+    }
+    return write_result(
+        "hard",
+        name,
+        figures,
+        meta["command"],
+        device_name(report.get("device") or meta["device"]),
+        meta["commit"],
+        settings_note(meta["preset"], meta["set"]),
+        "; ".join(notes),
+        directory=folder,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", default=",".join(SHOTS), help="comma-separated shot names")
@@ -271,11 +316,13 @@ def main() -> int:
     parser.add_argument("--sort", default="uv_p90_px", choices=[c[0] for c in COLUMNS])
     parser.add_argument("--rows", type=int, default=12, help="frames per table (0 = all)")
     parser.add_argument("--out", default="bench_hard_out")
+    parser.add_argument("--results", default="", help="folder of the status records")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sets = [*(QUICK_SET if args.quick else ()), *args.set]
     quality = "draft" if args.quick and args.preset == "standard" else args.preset
+    records = target_dir(args.results, args.quick)
     per_frame: dict[str, Any] = {}
     summary: dict[str, Any] = {
         "meta": {
@@ -318,6 +365,8 @@ def main() -> int:
             f"edit PSNR {_fmt(pooled['edit_psnr_pooled'])} dB; build {build_s:.1f} s\n",
             flush=True,
         )
+        if records is not None:
+            record_shot(name, rows, summary["shots"][name], summary["meta"], records)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the soft matte (rna_engine/matte.py); not collected by pytest.
+"""Benchmark of the soft matte (rna_engine/stages/matte.py); not collected by pytest.
 
 For each scene, per method: SAD (sum of |matte − true alpha| per frame, the matting
 literature's measure) and temporal flicker (mean |m_t − warp(m_{t−1})| over the unknown band of

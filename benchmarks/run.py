@@ -6,7 +6,7 @@
 Per case: per-stage wall time, peak GPU memory (the allocator's peak allocated and reserved
 bytes, and the device's own peak used memory sampled every 50 ms, CUDA context included), fit
 steps/s; quality: ROI PSNR over all frames
-(the QC definitions in `rna_engine/qc.py`), edit PSNR against the exact expected render and
+(the QC definitions in `rna_engine/stages/qc.py`), edit PSNR against the exact expected render and
 paint leaking onto occluders (synthetic), mask IoU against ground truth or the annotation.
 Writes `<out>/build_<preset>.json` as soon as each synthetic build is done, then
 `<out>/bench.json`, and prints a Markdown table for BENCHMARKS.md. Not collected by pytest.

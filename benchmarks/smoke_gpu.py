@@ -10,7 +10,9 @@
 
 This driver imports only the standard library and `rna_nuke` (as Nuke would): every engine
 runs in its own process, so nothing here touches CUDA first. It exits 1 when any step fails
-and writes `smoke.json` (commit, device, times, checks) into `--out`.
+and writes `smoke.json` (commit, device, times, checks) into `--out`, and its headline figures
+into the status record `smoke-<synth>.json` (`results.py`) in `--results DIR`, else
+`$RNA_BENCH_RESULTS`, else `benchmarks/results/`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.meta import commit  # noqa: E402
+from benchmarks.results import device_name, results_dir, settings_note, write_result  # noqa: E402
 from rna_engine.commands.build import parse_overrides  # noqa: E402  (imports no torch)
 
 
@@ -208,6 +211,38 @@ def step_demo(work: Path) -> dict[str, Any]:
     }
 
 
+def record_smoke(
+    results: dict[str, Any], ran: list[str], args: argparse.Namespace, folder: Path
+) -> Path:
+    """Replace the smoke test's status record with this run's headline figures."""
+    cli = results.get("cli", {})
+    memory = cli.get("gpu_memory_mib") or {}
+    score = results.get("demo", {}).get("score", {})
+    figures: dict[str, float | int | None] = {
+        "build_s": cli.get("build_s") or None,  # status.json's stage times; none on a failure
+        "peak_allocated_mib": max((d.get("allocated", 0.0) for d in memory.values()), default=None),
+        "steps_passed": sum(1 for name in ran if results[name].get("ok")),
+        "steps_run": len(ran),
+    }
+    for name in ("cli", "auto", "service", "openjd", "demo"):
+        figures[f"{name}_s"] = results.get(name, {}).get("wall_s")
+    figures["demo_edit_psnr_mean_db"] = score.get("edit_psnr_mean")
+    figures["demo_edit_psnr_worst_db"] = score.get("edit_psnr_worst")
+    figures["demo_leak_pct"] = score.get("leak_pct")
+    failed = [name for name in ran if not results[name].get("ok")]
+    return write_result(
+        "smoke",
+        args.synth,
+        figures,
+        " ".join(["python benchmarks/smoke_gpu.py", *sys.argv[1:]]),
+        device_name(cli.get("gpu_name") or args.device),
+        results["commit"],
+        f"{settings_note(args.preset, args.set)}; shot synth --preset {args.synth}",
+        ("FAIL: " + ", ".join(failed)) if failed else None,
+        directory=folder,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="work folder (outside the repository)")
@@ -218,6 +253,7 @@ def main() -> int:
     parser.add_argument(
         "--skip", action="append", default=[], help="cli, auto, service, openjd, demo"
     )
+    parser.add_argument("--results", default="", help="folder of the status records")
     args = parser.parse_args()
     work = Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -261,6 +297,8 @@ def main() -> int:
         ok = ok and good
         print(f"{name:8s} {'PASS' if good else 'FAIL'} {json.dumps(r, default=str)}", flush=True)
     (work / "smoke.json").write_text(json.dumps(results, indent=2, default=str))
+    ran = [name for name in steps if name in results]
+    record_smoke(results, ran, args, results_dir(args.results))
     return 0 if ok else 1
 
 

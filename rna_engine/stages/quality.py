@@ -32,7 +32,7 @@ from rna_engine.media.io import format_frame_range as format_frames
 from rna_engine.media.metrics import psnr
 from rna_engine.settings import QCSettings
 
-from .fit import FitResult, ShotTensors, _sample_bilinear, query_fields
+from .fit import FitResult, ShotTensors, query_fields, sample_bilinear
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def frame_maps(result: FitResult, shot: ShotTensors, t: int) -> dict[str, Tensor
     q = query_fields(result, xs.reshape(-1), ys.reshape(-1), t)
     p = geo.uv_to_px(q["uv_norm"])
     zero = torch.zeros(p.shape[0], dtype=torch.long, device=dev)
-    region = (_sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5) & q["in_view"]
+    region = (sample_bilinear(shot.roi[None], zero, p[:, 0], p[:, 1]) > 0.5) & q["in_view"]
     region = region.reshape(h, w)
     return {
         "image": shot.frames[t],

@@ -1,4 +1,4 @@
-"""Tests of rna_engine/appearance.py: sampling primitives, the descriptor test, DINO."""
+"""Tests of rna_engine/stages/appearance.py: sampling primitives, the descriptor test, DINO."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of rna_engine/camera.py and the camera prior in flow, fields and losses (issue #15).
+"""Tests of rna_engine/stages/camera.py and the camera prior in flow, fields and losses (issue #15).
 
 Ground truth comes from `synth`: `true_ref_xy` says where every plate pixel lies on the reference
 frame, so a homography per frame and the guided t→r matches can be scored exactly.

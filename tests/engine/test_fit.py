@@ -24,7 +24,16 @@ from rna_engine.runtime.progress import CancelToken
 from rna_engine.settings import build_settings
 from rna_engine.stages import evidence
 from rna_engine.stages.correspondences import compute_correspondences
-from rna_engine.stages.fit import FitResult, Fitter, ShotTensors, query_fields, validate_shot
+from rna_engine.stages.fit import (
+    FitResult,
+    Fitter,
+    Refinement,
+    ShotTensors,
+    Ties,
+    graph_capture,
+    query_fields,
+    validate_shot,
+)
 from rna_engine.synthetic import shots as synth
 
 TINY_FIT: dict[str, Any] = {
@@ -184,8 +193,9 @@ def test_refinement_evidence_agrees_with_the_true_occlusion(case: Case, fitted: 
     """The occluder evidence lies on truly hidden ROI pixels, the surface evidence on visible
     ones; together they decide most of the tracked ROI (docs/method.md §5.2)."""
     _, _, fitter = fitted
-    pred, cand, follows, joint_px = fitter._prediction_and_candidates()
-    sets = fitter._refine_sets(pred, cand, follows, joint_px)
+    c = fitter.refinement.candidates()
+    sets, _ = fitter.refinement.sets(c)
+    follows = c.follows
     tracked = torch.from_numpy(case.shot.roi_tracked > 0.5)
     hidden = torch.from_numpy(case.shot.occlusion > 0.5) & tracked
     visible = torch.from_numpy(case.shot.occlusion < 0.05) & tracked
@@ -215,16 +225,14 @@ def test_candidates_the_atlas_does_not_explain_are_not_pulled_toward_one(
     noise = torch.rand(shot.frames[t].shape, generator=torch.Generator().manual_seed(1))
     frames = shot.frames.clone()
     frames[t] = (frames[t] + 0.6 * (noise - 0.5)).clamp(0, 1)
-    fitter.shot = dataclasses.replace(shot, frames=frames)
-    try:
-        pred, cand, follows, joint_px = fitter._prediction_and_candidates()
-        sets = fitter._refine_sets(pred, cand, follows, joint_px)
-        reported = fitter.evidence[t]["surface_unsure"]
-        fitter.refine_settings = dataclasses.replace(fitter.refine_settings, pull_unexplained=True)
-        every = fitter._refine_sets(pred, cand, follows, joint_px)
-    finally:
-        fitter.shot = shot
-        fitter.refine_settings = case.settings.refine
+    noisy = dataclasses.replace(fitter.problem, shot=dataclasses.replace(shot, frames=frames))
+    phase = Refinement(noisy, fitter.model, 1)
+    c = phase.candidates()
+    sets, shares = phase.sets(c)
+    reported = shares[t]["surface_unsure"]
+    every_rule = dataclasses.replace(noisy.refine, pull_unexplained=True)
+    every, _ = Refinement(dataclasses.replace(noisy, refine=every_rule), fitter.model, 1).sets(c)
+    pred, cand = c.prediction, c.omega
     err = (pred[t] - frames[t]).abs().mean(0)
     floor = case.settings.refine.colour_threshold * case.settings.refine.occluded_factor
     skipped = every.pull[t] & ~sets.pull[t]
@@ -252,12 +260,9 @@ def test_the_camera_gate_keeps_the_tracked_roi_and_drops_what_the_prior_puts_els
     gated = [e.get("camera_gated") for e in result.evidence]
     assert all(g is not None for g in gated) and max(gated) <= 0.01
     away = (-1e4, -1e4, -9e3, -9e3)
-    fitter.camera_region = away
-    try:
-        _, cand, _, _ = fitter._prediction_and_candidates()
-        counts = fitter.gate_counts
-    finally:
-        fitter.camera_region = result.camera_region
+    gone = dataclasses.replace(fitter.problem, camera_region=away)
+    c = Refinement(gone, fitter.model, 1).candidates()
+    cand, counts = c.omega, c.gate_counts
     assert counts is not None and not bool(cand.any())
     assert float(counts[:, 0].min()) > 100 and torch.equal(counts[:, 0], counts[:, 1])
     r = case.shot.reference_index
@@ -274,7 +279,7 @@ def test_the_bootstrap_term_ignores_pixels_without_a_reference_match(case: Case)
     index = invalid.reshape(-1).nonzero()[:, 0][:512]
     assert index.numel() == 512
     on = torch.ones(())
-    matched_only = _fitter(case)._joint_losses(index, on)[1]["bootstrap"]
+    matched_only = _fitter(case).joint.losses(index, on)[1]["bootstrap"]
     assert float(matched_only.detach()) == 0.0
     plain = Case(
         case.shot,
@@ -283,7 +288,7 @@ def test_the_bootstrap_term_ignores_pixels_without_a_reference_match(case: Case)
             "draft", {**TINY_FIT, "fit": {**TINY_FIT["fit"], "bootstrap_matched_only": False}}
         ),
     )
-    assert float(_fitter(plain)._joint_losses(index, on)[1]["bootstrap"].detach()) > 0.01
+    assert float(_fitter(plain).joint.losses(index, on)[1]["bootstrap"].detach()) > 0.01
 
 
 def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> None:
@@ -297,7 +302,7 @@ def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> N
     cancel = CancelToken()
     fitter = _fitter(case, tmp_path, cancel)
     calls = {"n": 0}
-    original = fitter._report
+    original = fitter.loop.report
 
     def report(stage: str, step: int, total: int, **metrics: float) -> None:
         calls["n"] += 1
@@ -306,7 +311,7 @@ def test_resume_after_cancel_reproduces_the_fit(case: Case, tmp_path: Path) -> N
             cancel.cancel()
         original(stage, step, total, **metrics)
 
-    fitter._report = report  # type: ignore[method-assign]
+    fitter.loop.report = report  # type: ignore[method-assign]
     with pytest.raises(Cancelled):
         fitter.run()
     assert (tmp_path / "fit.ckpt").exists()
@@ -324,18 +329,18 @@ def test_a_checkpoint_of_another_model_layout_is_ignored(
 
     ctx = RunContext(device="cpu", seed=0, work_dir=tmp_path)
     plain = dataclasses.replace(case.settings.fit, frame_grade=False, camera_prior=False)
-    Fitter(case.tensors, plain, case.settings.refine, ctx)._save("fit", 40, None)
+    Fitter(case.tensors, plain, case.settings.refine, ctx).loop.save("fit", 40)
     assert (tmp_path / "fit.ckpt").exists()
     current = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
     before = {k: v.clone() for k, v in current.model.state_dict().items()}
     with caplog.at_level("WARNING"):
-        assert current._load() is None  # starts over instead of failing the build
+        assert current.loop.load() is None  # starts over instead of failing the build
     assert "another model layout" in caplog.text
     for name, value in current.model.state_dict().items():
         assert torch.equal(value, before[name]), name
     same = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
-    same._save("fit", 40, None)
-    assert current._load() is not None  # the same layout still resumes
+    same.loop.save("fit", 40)
+    assert current.loop.load() is not None  # the same layout still resumes
 
 
 def test_a_checkpoint_from_another_device_kind_resumes(case: Case, tmp_path: Path) -> None:
@@ -344,13 +349,13 @@ def test_a_checkpoint_from_another_device_kind_resumes(case: Case, tmp_path: Pat
     with torch.no_grad():
         for value in saved.model.parameters():
             value.add_(0.25)
-    saved._save("refine", 40, None)
+    saved.loop.save("refine", 40)
     state = torch.load(tmp_path / "fit.ckpt", weights_only=False)
     state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA RNG state
     torch.save(state, tmp_path / "fit.ckpt")
     current = Fitter(case.tensors, case.settings.fit, case.settings.refine, ctx)
-    loaded = current._load()
-    assert loaded is not None and loaded["stage"] == "refine"
+    loaded = current.loop.load()
+    assert loaded is not None and (loaded.stage, loaded.step) == ("refine", 40)
     for name, value in current.model.state_dict().items():
         assert torch.equal(value, saved.model.state_dict()[name]), name
 
@@ -369,8 +374,6 @@ def test_bad_shots_are_refused() -> None:
 
 
 def test_graph_capture_only_with_graph_safe_grids() -> None:
-    from types import SimpleNamespace
-
     from rna_engine.model.fields import HashGrid
     from rna_engine.model.kernels.triton_hashgrid import TritonHashGrid
     from rna_engine.settings import FitSettings, HashGridSettings
@@ -379,8 +382,7 @@ def test_graph_capture_only_with_graph_safe_grids() -> None:
 
     def capture(grid_class: type, compile_mode: str, device: str = "cuda") -> bool:
         model = torch.nn.Sequential(grid_class(3, grid), grid_class(2, grid))
-        fitter = SimpleNamespace(device=torch.device(device), model=model)
-        return Fitter._graph_capture(fitter, FitSettings(compile=compile_mode))  # type: ignore[arg-type]
+        return graph_capture(model, FitSettings(compile=compile_mode), torch.device(device))
 
     assert capture(TritonHashGrid, "auto") and capture(TritonHashGrid, "graph")
     assert not capture(TritonHashGrid, "off")
@@ -422,7 +424,7 @@ def test_the_prior_hold_pulls_a_drifting_t_back_toward_the_camera_prior(case: Ca
             return float((model.uv(xyt) - model.camera_base(xyt)).norm(dim=1).mean()) * geo.half_rez
 
     before = residual_px()
-    term = fitter._joint_losses(index, on)[1]["prior_hold"]
+    term = fitter.joint.losses(index, on)[1]["prior_hold"]
     assert float(term.detach()) > 0.05 * 0.2 * (before - 10.0)
     model.zero_grad()
     term.backward()
@@ -433,7 +435,7 @@ def test_the_prior_hold_pulls_a_drifting_t_back_toward_the_camera_prior(case: Ca
     assert residual_px() < before - 0.05
     off = {**TINY_FIT, "fit": {**TINY_FIT["fit"], "weights": {"prior_hold": 0.0}}}
     plain = Case(case.shot, case.tensors, build_settings("draft", off))
-    assert "prior_hold" not in _fitter(plain)._joint_losses(index, on)[1]
+    assert "prior_hold" not in _fitter(plain).joint.losses(index, on)[1]
 
 
 def test_the_motion_tie_rule_only_unties_motion_ties_that_miss_the_atlas(
@@ -443,21 +445,22 @@ def test_the_motion_tie_rule_only_unties_motion_ties_that_miss_the_atlas(
     ties are reference-in or motion without a reference match; on, only motion ties whose
     error exceeds factor × θ_t are dropped, and reference ties all stay."""
     _, _, fitter = fitted
-    pred, cand, follows, _ = fitter._prediction_and_candidates()
+    c = fitter.refinement.candidates()
+    follows = c.follows
     landing = evidence.reference_landing(
         case.tensors.roi, case.tensors.corr.ref, case.tensors.corr.ref_valid.bool(), 3
     )
-    keep = fitter.refine_settings
-    try:
-        fitter.refine_settings = dataclasses.replace(
-            keep, motion_tie_factor=0.0, threshold_from_reference=False
-        )
-        tied_off, _, err, _ = fitter._ties(pred, cand, follows)
-        assert torch.equal(tied_off, (landing > 0) | (follows & (landing == 0)))
-        fitter.refine_settings = dataclasses.replace(keep, motion_tie_factor=1.0)
-        tied_on, _, err_on, theta = fitter._ties(pred, cand, follows)
-    finally:
-        fitter.refine_settings = keep
+
+    def ties(**rule: float | bool) -> Ties:
+        problem = fitter.problem
+        refine = dataclasses.replace(problem.refine, **rule)
+        return Refinement(dataclasses.replace(problem, refine=refine), fitter.model, 1).ties(c)
+
+    off = ties(motion_tie_factor=0.0, threshold_from_reference=False)
+    tied_off, err = off.tied, off.error
+    assert torch.equal(tied_off, (landing > 0) | (follows & (landing == 0)))
+    on = ties(motion_tie_factor=1.0)
+    tied_on, err_on, theta = on.tied, on.error, on.threshold
     assert torch.equal(err, err_on)
     dropped = tied_off & ~tied_on
     assert not bool((tied_on & ~tied_off).any())

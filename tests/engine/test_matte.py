@@ -1,4 +1,4 @@
-"""Tests of rna_engine/matte.py: trimap, guided and closed-form matting, ViTMatte loader and
+"""Tests of rna_engine/stages/matte.py: trimap, guided and closed-form matting, ViTMatte loader and
 tiling, temporal stabilisation, holdout. Synthetic soft edges are built here with a known alpha.
 """
 

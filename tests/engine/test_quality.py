@@ -1,4 +1,4 @@
-"""Tests of rna_engine/quality.py: the quality gates and per-frame findings, and builds that
+"""Tests of rna_engine/stages/quality.py: the quality gates and per-frame findings, and builds that
 must fail them (an untrained fit), pass them (a converged fit, a flat wall, an ROI on the frame's
 border) or pick their device in a fresh process."""
 

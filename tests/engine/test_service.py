@@ -1,4 +1,4 @@
-"""Tests of `rna_engine/service.py`: the socket protocol of docs/protocol.md.
+"""Tests of `rna_engine/service/`: the socket protocol of docs/protocol.md.
 
 Most tests run the service in a thread with a fake pipeline (progress, `status.json`, cancel);
 the subprocess tests run the real `rna-engine serve`. Raw frames are built here with `struct`,
@@ -8,7 +8,6 @@ not with the service's own framing, so a framing bug cannot hide behind itself.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -509,10 +508,6 @@ def test_serve_subprocess_discovery_cli_and_shutdown(tmp_path: Path) -> None:
     assert _cli(home, "status").stdout == "no engine is running\n"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rna_engine.pipeline") is None,
-    reason="rna_engine/pipeline.py (the real job runner) is not written yet",
-)
 def test_serve_subprocess_runs_the_real_pipeline(tmp_path: Path) -> None:
     """A spec whose plate does not exist fails as bad input, through the real pipeline."""
     home = tmp_path / "home"
@@ -534,10 +529,6 @@ def test_serve_subprocess_runs_the_real_pipeline(tmp_path: Path) -> None:
             proc.kill()
 
 
-@pytest.mark.skipif(
-    any(importlib.util.find_spec(f"rna_engine.{m}") is None for m in ("pipeline", "bake", "qc")),
-    reason="the real pipeline's modules (rna_engine/pipeline.py, bake.py, qc.py) are not all there",
-)
 def test_serve_subprocess_cancels_a_real_build(tmp_path: Path) -> None:
     """A real (tiny, CPU) build is cancelled mid-run; the cache says so."""
     from rna_engine.synthetic.shots import make_shot, write_shot

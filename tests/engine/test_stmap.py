@@ -1,4 +1,4 @@
-"""STMap conventions and Nuke-style sampling (rna_engine/stmap.py), on hand-computed 3×4 cases."""
+"""STMap conventions and Nuke-style sampling (rna_engine/media/stmap.py), on hand-computed 3×4 cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The PyTorch twins (rna_engine/stmap_torch.py) equal rna_engine/stmap.py bit for bit."""
+"""The PyTorch twins (rna_engine/model/stmap_torch.py) equal rna_engine/media/stmap.py bit for bit."""
 
 from __future__ import annotations
 

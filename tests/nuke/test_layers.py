@@ -3,8 +3,9 @@
 - `rna_nuke` runs in Nuke's Python 3.9+: standard library only, never `rna_engine`; only
   `glue.py` imports `nuke`; every module starts with `from __future__ import annotations`;
   no 3.10+ syntax or API (`match`, runtime `X | Y`, `zip(strict=)`, `dataclass(slots=)`...).
-- `rna_engine` never imports `rna_nuke`; only `cli`, `service`, `commands/` and `__main__`
-  import `rna_engine.cli` or `rna_engine.service`.
+
+The engine's own layers (and that it never imports `rna_nuke`) are checked in
+`tests/engine/test_layers.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NUKE_PKG = REPO / "rna_nuke"
-ENGINE_PKG = REPO / "rna_engine"
 
 NEW_TYPING = {
     "TypeAlias", "ParamSpec", "Concatenate", "TypeGuard", "Self", "Never", "LiteralString",
@@ -144,19 +144,3 @@ def test_the_syntax_check_catches_3_10_code() -> None:
     tree = ast.parse("isinstance(v, int | None)\nflags = a | b\n")
     ops = {ast.unparse(n): _is_type_expr(n) for n in ast.walk(tree) if isinstance(n, ast.BinOp)}
     assert ops == {"int | None": True, "a | b": False}
-
-
-ENGINE_ENTRY = {"cli.py", "service.py", "__main__.py"}
-
-
-@pytest.mark.parametrize("path", _modules(ENGINE_PKG), ids=lambda p: str(p.relative_to(REPO)))
-def test_rna_engine_layers(path: Path) -> None:
-    rel = path.relative_to(ENGINE_PKG)
-    entry = rel.parts[0] == "commands" or str(rel) in ENGINE_ENTRY
-    for name, line in _imports(path, "rna_engine"):
-        where = f"{path.relative_to(REPO)}:{line} imports {name}"
-        assert name.split(".")[0] != "rna_nuke", where
-        if name in ("rna_engine.cli", "rna_engine.service") or name.startswith(
-            ("rna_engine.cli.", "rna_engine.service.")
-        ):
-            assert entry, f"{where}: only cli, service and commands may import cli/service"
