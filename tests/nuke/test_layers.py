@@ -5,7 +5,7 @@
   no 3.10+ syntax or API (`match`, runtime `X | Y`, `zip(strict=)`, `dataclass(slots=)`...).
 
 The engine's own layers (and that it never imports `rna_nuke`) are checked in
-`tests/engine/test_layers.py`.
+`tests/engine/test_engine_layers.py`.
 """
 
 from __future__ import annotations
