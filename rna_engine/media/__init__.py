@@ -1,4 +1,4 @@
-"""What the engine reads, writes and measures on images (docs/cache.md, DESIGN.md §3–§4).
+"""What the engine reads, writes and measures on images (docs/cache.md).
 
 `io` (plates and EXRs through OpenImageIO, atomic writes), `colour` (OCIO, the working
 encoding), `stmap` (the STMap convention), `cache` (the cache layout, status files, versions),
