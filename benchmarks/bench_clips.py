@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_hard import QUICK_SET, run_build  # noqa: E402
 from meta import commit  # noqa: E402
-from results import device_name, settings_note, target_dir, write_result  # noqa: E402
+from results import target_dir, write_build_result  # noqa: E402
 
 from rna_engine.media import io  # noqa: E402
 from rna_engine.media import metrics as m  # noqa: E402
@@ -296,7 +296,6 @@ def record_clip(
         worst = m.worst_first(rows, key, True)[:1]
         if worst and worst[0][key] is not None:
             notes.append(f"{what} at frame {worst[0]['frame']} ({worst[0]['distance']:+d})")
-    note = "; ".join(notes)
     figures = {
         "build_s": entry["build_s"],
         "peak_allocated_mib": report.get("peak_gpu_memory_mib"),
@@ -309,17 +308,7 @@ def record_clip(
         "atlas_psnr_median_db": metrics["atlas_psnr"]["median"],
         "leak_max_pct": metrics["leak_pct"]["worst"],
     }
-    return write_result(
-        "clip",
-        name,
-        figures,
-        meta["command"],
-        device_name(report.get("device") or meta["device"]),
-        meta["commit"],
-        settings_note(meta["preset"], meta["set"]),
-        note[:1].upper() + note[1:] or None,
-        directory=folder,
-    )
+    return write_build_result("clip", name, figures, meta, report, notes, folder)
 
 
 def main() -> int:

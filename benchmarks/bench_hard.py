@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from meta import commit  # noqa: E402
-from results import device_name, settings_note, target_dir, write_result  # noqa: E402
+from results import target_dir, write_build_result  # noqa: E402
 
 from rna_engine.media import io  # noqa: E402
 from rna_engine.media import metrics as m  # noqa: E402
@@ -291,17 +291,7 @@ def record_shot(
         "leak_max_pct": metrics["leak_pct"]["worst"],
         "leak_median_pct": metrics["leak_pct"]["median"],
     }
-    return write_result(
-        "hard",
-        name,
-        figures,
-        meta["command"],
-        device_name(report.get("device") or meta["device"]),
-        meta["commit"],
-        settings_note(meta["preset"], meta["set"]),
-        "; ".join(notes),
-        directory=folder,
-    )
+    return write_build_result("hard", name, figures, meta, report, notes, folder)
 
 
 def main() -> int:

@@ -163,3 +163,29 @@ def write_result(
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_build_result(
+    kind: str,
+    name: str,
+    figures: Mapping[str, float | int | None],
+    meta: Mapping[str, Any],
+    report: Mapping[str, Any],
+    notes: Sequence[str],
+    directory: str | Path | None,
+) -> Path:
+    """`write_result` for one build of a bench script: `meta` is its summary's (`command`,
+    `device`, `commit`, `preset`, `set`), `report` the build's `qc/report.json` (its device
+    name wins), `notes` joined into the record's note."""
+    note = "; ".join(notes)
+    return write_result(
+        kind,
+        name,
+        figures,
+        meta["command"],
+        device_name(report.get("device") or meta["device"]),
+        meta["commit"],
+        settings_note(meta["preset"], meta["set"]),
+        note[:1].upper() + note[1:] or None,
+        directory=directory,
+    )

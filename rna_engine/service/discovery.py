@@ -20,7 +20,7 @@ from typing import Any
 from rna_engine.errors import InputError
 from rna_engine.media.cache import atomic_path
 
-from .protocol import PROTOCOL_VERSION, _Closed, encode_frame, read_frame
+from .protocol import PROTOCOL_VERSION, PeerClosed, encode_frame, read_frame
 
 DISCOVERY_NAME = "engine.json"
 
@@ -102,7 +102,7 @@ def call_engine(
         with socket.create_connection(("127.0.0.1", data["port"]), timeout=timeout_s) as sock:
             sock.sendall(encode_frame(request))
             reply = json.loads(read_frame(sock, timeout_s, timeout_s).decode("utf-8"))
-    except (OSError, _Closed, ValueError) as err:
+    except (OSError, PeerClosed, ValueError) as err:
         raise InputError(
             f"{path}: the engine on port {data['port']} does not answer ({err})"
         ) from err

@@ -48,7 +48,7 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
-class _Closed(Exception):
+class PeerClosed(Exception):
     """The peer closed the connection (or it timed out between frames)."""
 
 
@@ -69,7 +69,7 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
         sock.settimeout(remaining)
         chunk = sock.recv(min(n - len(buf), 1 << 16))
         if not chunk:
-            raise _Closed("peer closed mid-frame")
+            raise PeerClosed("peer closed mid-frame")
         buf += chunk
     return bytes(buf)
 
@@ -78,16 +78,16 @@ def read_frame(sock: socket.socket, idle_timeout_s: float, frame_timeout_s: floa
     """The next frame's payload.
 
     Waits up to `idle_timeout_s` for the first byte, then up to `frame_timeout_s` for the rest of
-    the frame. Raises `_Closed` on EOF or idle timeout, `TimeoutError` on a slow frame,
+    the frame. Raises `PeerClosed` on EOF or idle timeout, `TimeoutError` on a slow frame,
     `ProtocolError(too_large)` on an oversized header (the payload is not read).
     """
     sock.settimeout(idle_timeout_s)
     try:
         first = sock.recv(1)
     except TimeoutError as err:
-        raise _Closed("idle timeout") from err
+        raise PeerClosed("idle timeout") from err
     if not first:
-        raise _Closed("peer closed")
+        raise PeerClosed("peer closed")
     deadline = time.monotonic() + frame_timeout_s
     header = first + _recv_exact(sock, HEADER.size - 1, deadline)
     (length,) = HEADER.unpack(header)
@@ -96,7 +96,7 @@ def read_frame(sock: socket.socket, idle_timeout_s: float, frame_timeout_s: floa
     return _recv_exact(sock, length, deadline)
 
 
-def _drain(sock: socket.socket, limit_s: float = 1.0, limit_bytes: int = 4 << 20) -> None:
+def drain(sock: socket.socket, limit_s: float = 1.0, limit_bytes: int = 4 << 20) -> None:
     """Read and drop what the peer still sends before closing.
 
     Closing with unread data makes the kernel send a reset, which can destroy the error reply

@@ -39,9 +39,9 @@ from .protocol import (
     FINAL_STATES,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
+    PeerClosed,
     ProtocolError,
-    _Closed,
-    _drain,
+    drain,
     encode_frame,
     parse_request,
     read_frame,
@@ -239,11 +239,11 @@ class Service:
                         conn, reply_error(err.request_id or request_id, err.code, err.message)
                     )
                     if err.fatal:
-                        _drain(conn)
+                        drain(conn)
                         return
         except TimeoutError:
             log.info("connection dropped: frame not complete within %.1fs", self.frame_timeout_s)
-        except (_Closed, ConnectionError, OSError):
+        except (PeerClosed, ConnectionError, OSError):
             pass
         except Exception:  # a bug must not take the server down
             log.exception("connection handler failed")
