@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -266,7 +267,9 @@ class TrackAhead:
     The tracker needs only the adjacent flows, so it does not wait for the correspondences
     stage's chains: both run at once (OpenCV releases the GIL), the host-side anchoring flows
     off the stage's critical path. `get(t)` returns `step(t)`'s result in `order`'s order;
-    an error in the thread is raised there. Always `close()` (also on error or cancel).
+    an error in the thread is raised there. Bind it first, then `start()` it, and always
+    `close()` it (also on error or cancel): `Thread.start` waits for the thread, so a signal can
+    land inside it, and a thread its caller never got hold of cannot be stopped.
 
     Args:
         tracker: the tracker.
@@ -289,7 +292,20 @@ class TrackAhead:
         self._thread = threading.Thread(
             target=self._run, args=(list(order), inputs), name="camera-track", daemon=True
         )
-        self._thread.start()
+        self._launched = False
+
+    def start(self) -> None:
+        """Start the thread with SIGINT and SIGTERM held, so a signal raises only once it runs
+        and `close()` knows whether there is a thread to wait for."""
+        held = (signal.SIGINT, signal.SIGTERM)
+        can_hold = hasattr(signal, "pthread_sigmask")
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if can_hold else None
+        try:
+            self._thread.start()
+            self._launched = True
+        finally:
+            if previous is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _put(self, item: tuple[int, object]) -> bool:
         while not self._stop.is_set():
@@ -326,6 +342,8 @@ class TrackAhead:
         then raised: a daemon thread still inside OpenCV while the interpreter shuts down can
         abort the process (SIGABRT) instead of the build ending `cancelled`."""
         self._stop.set()
+        if not self._launched:  # a signal came before `start` did: there is no thread
+            return self.tracker.track()
         held: BaseException | None = None
         while True:  # not Thread.join: interrupted, it can report a running thread stopped
             try:

@@ -544,6 +544,7 @@ class _Aggregator:
                     to_gray(self.frames), self.roi_ref.cpu().numpy(), r, _dis_factory(s)
                 )
                 ahead = TrackAhead(tracker, self._order(), adjacent_to_ref)
+                ahead.start()
             bootstrap = torch.zeros(n, height, width, device=device)
             bootstrap[r] = self.roi_ref
             for done, t in enumerate(self._order(), start=1):

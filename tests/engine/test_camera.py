@@ -196,6 +196,7 @@ def test_track_ahead_keeps_the_order_and_raises_the_threads_error() -> None:
     tracker = _FailingTracker()
     flow, valid = np.zeros((2, 3, 2), np.float32), np.ones((2, 3), bool)
     ahead = TrackAhead(tracker, [5, 6, 4, 3], lambda t: (flow, valid), depth=1)  # type: ignore[arg-type]
+    ahead.start()
     assert ahead.get(5)[0][0, 0, 0] == 5.0
     assert ahead.get(6)[0][0, 0, 0] == 6.0
     with pytest.raises(ValueError, match="frame 4: broken"):
@@ -219,6 +220,7 @@ def test_closing_the_track_ahead_waits_for_its_thread_through_a_signal() -> None
         raise KeyboardInterrupt
 
     ahead = TrackAhead(SlowTracker(), [0, 1, 2], lambda t: (None, None), depth=1)  # type: ignore[arg-type]
+    ahead.start()
     time.sleep(0.05)  # the thread is inside its first step
     previous = signal.signal(signal.SIGALRM, interrupt)
     signal.setitimer(signal.ITIMER_REAL, 0.1)
@@ -228,6 +230,43 @@ def test_closing_the_track_ahead_waits_for_its_thread_through_a_signal() -> None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    assert not any(t.name == "camera-track" for t in threading.enumerate())
+
+
+def test_a_signal_inside_the_track_aheads_start_leaves_a_thread_close_stops() -> None:
+    """`Thread.start` waits for the thread: a Ctrl-C landing there is raised only once the
+    thread is known to run, so `close()` stops it (else it stayed inside OpenCV at exit and
+    aborted the process: "FATAL: exception not rethrown"); one that lands before `start` leaves
+    nothing to wait for."""
+
+    class SlowTracker:
+        def step(self, t: int, flow: object, ok: object) -> tuple[np.ndarray, np.ndarray]:
+            time.sleep(0.2)
+            return np.zeros((2, 2, 2), np.float32), np.zeros((2, 2), bool)
+
+        def track(self) -> str:
+            return "track"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    never = TrackAhead(SlowTracker(), [0, 1], lambda t: (None, None), depth=1)  # type: ignore[arg-type]
+    assert never.close() == "track"  # not started: returns at once
+    ahead = TrackAhead(SlowTracker(), [0, 1, 2], lambda t: (None, None), depth=1)  # type: ignore[arg-type]
+    thread_start = ahead._thread.start
+
+    def start_then_signal() -> None:  # the signal lands just as Thread.start returns
+        thread_start()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    ahead._thread.start = start_then_signal  # type: ignore[method-assign]
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ahead.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert ahead.close() == "track"
     assert not any(t.name == "camera-track" for t in threading.enumerate())
 
 
