@@ -4,6 +4,8 @@
   file, frame or setting. Exit code 2.
 - `QualityError`: a quality gate failed (`rna_engine.stages.quality`): the build produced garbage and
   must not say `done`. An `InputError` (exit code 2) with error code `quality`.
+- `OutputError`: the output cannot be written (disk full, read-only, quota). An `InputError`
+  (exit code 2) with error code `output`, naming the path.
 - `Cancelled`: the user or the service cancelled the job. Exit code 130.
 - anything else is an internal error: exit code 1, traceback to the log file.
 """
@@ -26,6 +28,13 @@ class QualityError(InputError):
     """A quality gate failed: the build's result is not usable (exit code 2)."""
 
     code = "quality"
+
+
+class OutputError(InputError):
+    """The cache cannot be written (disk full, read-only, no permission): exit code 2, one line
+    naming the path."""
+
+    code = "output"
 
 
 class Cancelled(RNAError):

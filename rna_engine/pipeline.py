@@ -30,9 +30,11 @@ from .media.cache import (
     StatusFile,
     choose_version,
     ensure_writable,
+    read_status,
     write_json_atomic,
 )
 from .media.colour import WorkingSpace, plate_to_linear, working_space
+from .media.lock import describe, hold
 from .runtime.context import RunContext, open_device
 from .runtime.gpu_memory import StageMemory
 from .runtime.pool import io_workers, ordered_map, thread_pool
@@ -268,31 +270,76 @@ def run_build(
 ) -> BuildPaths:
     """Run (or resume) a whole build; returns the version folder it wrote.
 
-    `plan`: `prepare(spec)` when the caller already made it (the service's planner).
+    `plan`: `prepare(spec)` when the caller already made it (the service's planner). The build
+    holds its version's lock (`media.lock`) from the start: an identical build already running
+    is waited for, and its result reused. The plate is read before the version folder is
+    created, so bad input leaves no folder behind.
     """
     started = time.time()
     plan = plan or prepare(spec)
+    if _finished(plan):  # before any write: a finished cache may sit on a read-only share
+        return plan.paths
+    ensure_writable(plan.paths.root.parent)  # the build's folder; the version's comes later
+    waited: list[str] = []
+
+    def waiting(owner: dict[str, Any]) -> None:
+        who = describe(owner)
+        if who not in waited:
+            waited.append(who)
+            log.warning("%s: %s is building this version; waiting for it", plan.paths.root, who)
+        ctx.reporter.update("ingest", 0.0, f"waiting for {who}")
+
+    for _ in range(_MAX_VERSION_MOVES):
+        with hold(plan.paths.root, plan.digest, waiting, ctx.cancel.check):
+            spec = plan.inputs.spec
+            paths = choose_version(Path(spec.out), spec.name, spec.version, plan.digest)
+            if paths.root != plan.paths.root:  # taken by other settings while we waited
+                plan = replace(plan, paths=paths)
+                continue
+            if _finished(plan):
+                return plan.paths
+            return _run_locked(plan, ctx, sinks or [], started)
+    raise InputError(
+        f"{plan.paths.root.parent}: no free cache version after "
+        f"{_MAX_VERSION_MOVES} tries (builds of other settings keep taking them)"
+    )
+
+
+_MAX_VERSION_MOVES = 100
+
+
+def _finished(plan: Plan) -> bool:
+    """Whether the plan's version is a finished build of the same hash (nothing to do)."""
+    status = read_status(plan.paths) or {}
+    done = status.get("state") == "done" and status.get("build_hash") == plan.digest
+    if done and plan.paths.atlas_exr.exists():
+        log.info("%s: already built (hash %s)", plan.paths.root, plan.digest)
+        return True
+    return False
+
+
+def _run_locked(plan: Plan, ctx: RunContext, sinks: list[Sink], started: float) -> BuildPaths:
+    """The build itself, with the version's lock held."""
     spec, paths, digest = plan.inputs.spec, plan.paths, plan.digest  # paths now absolute
-    ensure_writable(paths.root)
-    status = StatusFile(paths, digest)
-    if status.data.get("state") == "done" and paths.atlas_exr.exists():
-        log.info("%s: already built (hash %s)", paths.root, digest)
-        return paths
     device = open_device(ctx.auto_device if spec.device == "auto" else spec.device)
     memory = StageMemory(device)
-    tracker = _tracker(ctx, [status, memory, *(sinks or [])])
+    tracker = _tracker(ctx, [memory, *sinks])
     run = replace(
         ctx, reporter=tracker, device=device, work_dir=paths.work_dir, seed=spec.settings.seed
     )
+    data = read_shot(plan.inputs, run)  # bad frames stop here, before the folder exists
+    ensure_writable(paths.root)
+    status = StatusFile(paths, digest)
     status.set(
         state="running",
         stage="ingest",
-        progress=0.0,
+        progress=round(tracker.overall("ingest", 1.0), 4),
         error=None,
         started=started,
         finished=None,
         message="",
     )
+    tracker.add_sink(status)
     try:
         spec_dict = spec_to_dict(spec)
         spec_dict["version"] = paths.version
@@ -307,10 +354,11 @@ def run_build(
                 "device": device,
             },
         )
-        result = _stages(plan.inputs, run, paths, digest, tracker, memory)
+        result = _stages(data, run, paths, digest, tracker, memory)
     except (Cancelled, KeyboardInterrupt) as err:  # KeyboardInterrupt: SIGINT, or SIGTERM (CLI)
         reason = str(err) if isinstance(err, KeyboardInterrupt) else ""
-        status.set(
+        _final(
+            status,
             state="cancelled",
             message=f"cancelled ({reason})" if reason else "cancelled",
             eta_s=None,
@@ -318,19 +366,12 @@ def run_build(
             timings=tracker.timings_s,
         )
         raise
-    except InputError as err:
-        status.set(
-            state="failed",
-            error={"code": err.code, "message": str(err)},
-            message=str(err),
-            eta_s=None,
-            finished=time.time(),
-        )
-        raise
     except Exception as err:
-        status.set(
+        code = err.code if isinstance(err, InputError) else "internal"
+        _final(
+            status,
             state="failed",
-            error={"code": "internal", "message": str(err)},
+            error={"code": code, "message": str(err)},
             message=str(err),
             eta_s=None,
             finished=time.time(),
@@ -353,14 +394,33 @@ def run_build(
     return paths
 
 
+def _final(status: StatusFile, **fields: Any) -> None:
+    """Record a failed or cancelled end; a disk that cannot take it does not hide the cause (the
+    status left live is then judged lost by its dead pid)."""
+    try:
+        status.set(**fields)
+    except OSError as err:
+        log.warning("%s: final state not written (%s)", status.paths.status_json, err)
+
+
 def _cache_format() -> int:
     from . import CACHE_FORMAT_VERSION
 
     return CACHE_FORMAT_VERSION
 
 
+def read_shot(inputs: ResolvedInputs, ctx: RunContext) -> Ingested:
+    """Ingest the plate and check the shot the fit will see (`InputError` on bad input)."""
+    from .stages.fit import validate_shot
+
+    data = ingest(inputs, inputs.spec.settings.ingest, ctx)
+    roi = torch.from_numpy(data.roi_working)
+    validate_shot(roi, len(data.frame_numbers), data.reference_index, str(inputs.roi))
+    return data
+
+
 def _stages(
-    inputs: ResolvedInputs,
+    data: Ingested,
     ctx: RunContext,
     paths: BuildPaths,
     digest: str,
@@ -370,18 +430,16 @@ def _stages(
     from .model.kernels import make_hash_grid
     from .stages.bake import PlateFormat, bake
     from .stages.correspondences import compute_correspondences
-    from .stages.fit import Fitter, ShotTensors, validate_shot
+    from .stages.fit import Fitter, ShotTensors
     from .stages.qc import write_qc
     from .stages.quality import check_bake, check_fit
 
+    inputs = data.inputs
     spec = inputs.spec
     settings = spec.settings
     device = torch.device(ctx.device)  # made ready by `open_device` in `run_build`
-    data = ingest(inputs, settings.ingest, ctx)
-    roi = torch.from_numpy(data.roi_working)
-    validate_shot(roi, len(data.frame_numbers), data.reference_index, str(inputs.roi))
     frames = torch.from_numpy(data.working).permute(0, 3, 1, 2).contiguous().to(device)
-    roi = roi.to(device)
+    roi = torch.from_numpy(data.roi_working).to(device)
     corr = compute_correspondences(frames, roi, data.reference_index, settings.flow, ctx)
     ctx.cancel.check()
     backend = settings.fit.encoding_backend

@@ -2,6 +2,6 @@
 
 `io` (plates and EXRs through OpenImageIO, atomic writes), `colour` (OCIO, the working
 encoding), `stmap` (the STMap convention), `cache` (the cache layout, status files, versions),
-`metrics` (per-frame image measures shared by the QC and the benchmarks). Never imports
-`model` or `stages`.
+`lock` (one writer per version folder), `metrics` (per-frame image measures shared by the QC and
+the benchmarks). Never imports `model` or `stages`.
 """

@@ -15,6 +15,8 @@ running one (`rna_nuke.knobs.status_lost` applies the same rule on the Nuke side
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rna_engine.errors import InputError
+from rna_engine.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +54,63 @@ LOST_AFTER_S = 30.0
 _FILE_MODE = 0o666
 """Mode a published file is created with; the umask clears bits from it, as with `open()`."""
 _VERSION_RE = re.compile(r"^v(\d{3,})$")
+_LOCK_RE = re.compile(r"^v(\d{3,})\.lock$")
+
+
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+"""Write failures that are the disk's, not the engine's: they become an `OutputError`."""
+_LOW_SPACE_BYTES = 16 << 20
+"""Free space below which a write that failed without an errno is blamed on a full disk."""
+
+
+def storage_fault(folder: Path, err: BaseException) -> str | None:
+    """Why writing in `folder` failed when the disk is to blame ("No space left on device"),
+    else None.
+
+    An `OSError` carries its errno; a writer that reports failure without one (OpenImageIO,
+    torch's archive writer) is judged by the file system: read-only, or almost no space left.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return os.strerror(err.errno) if err.errno in STORAGE_ERRNOS else None
+    if not isinstance(err, OSError | RuntimeError):
+        return None
+    for probe in (folder, *folder.parents):
+        try:
+            fs = os.statvfs(probe)
+        except OSError:
+            continue
+        if fs.f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+        if fs.f_bavail * fs.f_frsize < _LOW_SPACE_BYTES:
+            return f"{os.strerror(errno.ENOSPC)}: {fs.f_bavail * fs.f_frsize >> 10} KiB free"
+        return None
+    return None
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success publish it with `os.replace`.
 
-    On error the temporary file is removed and `path` is left as it was.
+    On error the temporary file is removed and `path` is left as it was. A failure the disk is
+    to blame for (`storage_fault`: full, read-only, quota) is raised as `OutputError` naming
+    `path`, so a build ends with exit code 2 and one line instead of a traceback.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _create_temp(path)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = _create_temp(path)
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink(missing_ok=True)
+        reason = None if isinstance(err, InputError) else storage_fault(path.parent, err)
+        if reason:
+            raise OutputError(f"{path}: cannot write ({reason})") from err
         raise
 
 
@@ -194,10 +237,10 @@ def choose_version(cache_root: Path, name: str, version: int, build_hash: str) -
     `version > 0` asks for that version: allowed when it is new, unfinished, or a finished build
     of the same hash (a no-op rebuild). `version == 0` resumes the newest unfinished version with
     the same hash, else takes the next free number. A finished version of another build is never
-    overwritten.
+    overwritten. A version is known by its folder or by its lock (`media.lock`: a build that
+    holds a number before it creates the folder); without a `status.json` its hash is the lock's.
     """
     build_dir = Path(cache_root) / name
-    existing = version_dirs(build_dir)
     if version > 0:
         paths = BuildPaths(build_dir / f"v{version:03d}")
         status = read_status(paths)
@@ -207,13 +250,35 @@ def choose_version(cache_root: Path, name: str, version: int, build_hash: str) -
                 "settings; choose another version"
             )
         return paths
-    for folder in reversed(existing):
-        paths = BuildPaths(folder)
-        status = read_status(paths) or {}
-        if status.get("build_hash") == build_hash:
+    numbers = _version_numbers(build_dir)
+    for number in reversed(numbers):
+        paths = BuildPaths(build_dir / f"v{number:03d}")
+        if _version_hash(paths) == build_hash:
             return paths
-    number = (BuildPaths(existing[-1]).version + 1) if existing else 1
-    return BuildPaths(build_dir / f"v{number:03d}")
+    return BuildPaths(build_dir / f"v{(numbers[-1] + 1) if numbers else 1:03d}")
+
+
+def _version_numbers(build_dir: Path) -> list[int]:
+    """Version numbers taken by a folder or a lock file, ascending."""
+    found = {BuildPaths(p).version for p in version_dirs(build_dir)}
+    with contextlib.suppress(OSError):
+        for p in build_dir.iterdir():
+            m = _LOCK_RE.match(p.name)
+            if m:
+                found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def _version_hash(paths: BuildPaths) -> str | None:
+    """The build hash a version belongs to: its status's, else its lock's."""
+    status = read_status(paths)
+    if status is not None:
+        return status.get("build_hash")
+    from .lock import lock_path, read_lock  # lock.py builds on this module
+
+    owner = read_lock(lock_path(paths.root)) or {}
+    value = owner.get("build_hash")
+    return value if isinstance(value, str) else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -335,6 +400,7 @@ class StatusFile:
         self._thread.start()
 
     def _beat(self) -> None:
+        failed = False  # warn of the first failed write only, not of every beat
         while not self._stop.wait(self._heartbeat_interval_s):
             with self._lock:
                 if self._stop.is_set() or self.data.get("state") not in LIVE_STATES:
@@ -343,7 +409,9 @@ class StatusFile:
                 try:
                     write_json_atomic(self.paths.status_json, self.data)
                 except OSError as err:  # a full or vanished disk: the next beat tries again
-                    log.warning("%s: heartbeat not written (%s)", self.paths.status_json, err)
+                    level = logging.DEBUG if failed else logging.WARNING
+                    log.log(level, "%s: heartbeat not written (%s)", self.paths.status_json, err)
+                    failed = True
 
     def __call__(self, event: Any) -> None:
         self.set(
