@@ -2,9 +2,12 @@
 
 Every request opens its own short connection (the engine's address and token are re-read from
 the discovery file each time, so a restarted engine is found again), so one `EngineClient` can be
-shared by the UI thread and a worker thread. `subscribe` holds one connection open, reconnects
-and resubscribes when it drops, and, when the engine is gone, recovers the job's state from the
-cache's `status.json`.
+shared by the UI thread and a worker thread. A request that only reads or repeats (`hello`,
+`job.status`, `jobs.list`, `job.cancel`) is sent again, after a short back-off, when its
+connection closes before the reply or the engine answers `busy` (3 attempts within 2 s);
+`build.submit` and `shutdown` are sent once. `subscribe` holds one connection open, reconnects
+and resubscribes when it drops, and, when the engine is gone (or keeps closing the connection
+before a reply), recovers the job's state from the cache's `status.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ from .protocol import (
 )
 
 DISCOVERY_NAME = "engine.json"
+RESENT_TYPES = ("hello", "job.status", "jobs.list", "job.cancel")
+"""Requests sent again when the connection drops before the reply: reads, and a cancel (a
+second cancel of a job changes nothing). Not `build.submit`: a submit the engine took and
+whose job failed at once would run a second attempt."""
+RESEND_WINDOW_S = 2.0
+"""No new attempt starts this long after the first."""
+RESEND_BACKOFF_S = 0.1
+"""Before the second attempt; tripled before each one after."""
 
 
 def default_rna_home() -> Path:
@@ -84,6 +95,8 @@ class EngineClient:
         connect_timeout_s: timeout of one connection attempt.
         request_timeout_s: time allowed for a reply.
         retries: connection attempts per request (a short back-off between them).
+        resend_attempts: attempts of a `RESENT_TYPES` request whose connection closes before
+            the reply (within `RESEND_WINDOW_S`).
     """
 
     def __init__(
@@ -92,11 +105,13 @@ class EngineClient:
         connect_timeout_s: float = 2.0,
         request_timeout_s: float = 10.0,
         retries: int = 3,
+        resend_attempts: int = 3,
     ) -> None:
         self.discovery_path = Path(discovery_path) if discovery_path else default_discovery_path()
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.retries = max(1, int(retries))
+        self.resend_attempts = max(1, int(resend_attempts))
 
     def __repr__(self) -> str:
         return f"EngineClient({str(self.discovery_path)!r})"
@@ -138,12 +153,35 @@ class EngineClient:
     def request(
         self, type_: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """Send one request and return the reply's body.
+        """Send one request and return the reply's body (sent again as `RESENT_TYPES` says).
 
         Raises:
             EngineError: the engine's error code, or no_engine / unreachable / timeout / protocol.
         """
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        attempts = self.resend_attempts if type_ in RESENT_TYPES else 1
+        started = time.monotonic()
+        for attempt in range(attempts):
+            delay = RESEND_BACKOFF_S * 3**attempt
+            final = attempt + 1 >= attempts
+            final = final or time.monotonic() + delay - started > RESEND_WINDOW_S
+            try:
+                return self._request_once(type_, body, timeout_s)
+            except ConnectionError as err:  # closed or reset before the reply
+                if final:
+                    raise EngineError(
+                        "unreachable", f"lost the engine during {type_}: {err}"
+                    ) from err
+            except EngineError as err:
+                if final or err.code != "busy":
+                    raise
+            time.sleep(delay)
+        raise AssertionError("not reached: the last attempt returns or raises")
+
+    def _request_once(
+        self, type_: str, body: dict[str, Any] | None, timeout_s: float
+    ) -> dict[str, Any]:
+        """One connection, one request; `ConnectionError` when it closes before the reply."""
         sock, token = self._connect()
         request = make_request(type_, token, body)
         try:
@@ -162,7 +200,9 @@ class EngineClient:
                         )
                     if message.get("id") in (request["id"], "") and "ok" in message:
                         return reply_body(message)
-        except (OSError, ConnectionError) as err:
+        except ConnectionError:
+            raise
+        except OSError as err:
             raise EngineError("unreachable", f"lost the engine during {type_}: {err}") from err
 
     # requests -------------------------------------------------------------------------------
@@ -219,13 +259,21 @@ class EngineClient:
         `heartbeat_timeout_s` without a frame, reconnects and resubscribes. When no engine
         answers for `reconnect_timeout_s` (or the engine no longer knows the job) the state is
         read from `status_path` (default: the one the engine announced); a state that is not
-        final there then ends as `failed` with error code `engine_lost`.
+        final there then ends as `failed` with error code `engine_lost`. An engine that keeps
+        closing the connection before the first frame counts as not answering.
 
         `should_stop()` is polled every `poll_s`; when it returns True the last event seen is
         returned (its state may not be final).
         """
         last: dict[str, Any] = {"job_id": job_id, "state": "unknown", "progress": 0.0}
         lost_since: float | None = None
+        delivered = 0
+
+        def deliver(event: dict[str, Any]) -> None:
+            nonlocal lost_since, delivered
+            lost_since = None  # an engine answers
+            delivered += 1
+            on_event(event)
 
         def known_status_path() -> str:
             return str(status_path or last.get("status_path") or "")
@@ -266,14 +314,14 @@ class EngineClient:
                     return final
                 time.sleep(min(0.5, poll_s * 2))
                 continue
-            lost_since = None  # an engine answers
+            before = delivered
             try:
                 with sock:
                     final = self._follow(
                         sock,
                         token,
                         job_id,
-                        on_event,
+                        deliver,
                         should_stop,
                         heartbeat_timeout_s,
                         poll_s,
@@ -287,8 +335,15 @@ class EngineClient:
                 assert final is not None
                 on_event(final)
                 return final
-            except (OSError, ConnectionError):
-                continue  # dropped: reconnect and resubscribe
+            except (OSError, ConnectionError) as err:
+                if delivered > before:
+                    continue  # dropped while following: reconnect and resubscribe
+                final = engine_gone(f"the engine closed the connection ({err})", wait=True)
+                if final is not None:
+                    on_event(final)
+                    return final
+                time.sleep(min(0.5, poll_s * 2))
+                continue
             if final is not None:
                 return final
 

@@ -5,12 +5,14 @@ knob, `$RNA_ENGINE_PYTHON`, `engine_python` in `$RNA_HOME/config.json` (default
 `~/.rna/config.json`), an `rna-engine` executable on `PATH`. Never this interpreter: inside Nuke
 it is Nuke's own Python, which has no torch; with none configured the error names what to set.
 The engine is started detached (`<python> -m rna_engine serve` or `rna-engine serve`), its output
-going to `$RNA_HOME/logs/engine.stdout.log`, and is live once its discovery file exists, its
-process is alive and it answers `hello`.
+going to `$RNA_HOME/logs/engine.stdout.log` (the previous start's output moved to
+`engine.stdout.log.1`; the engine itself stops writing there past 1 MiB), and is live once its
+discovery file exists, its process is alive and it answers `hello`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,6 +107,12 @@ def engine_command(python: str | None = None, rna_home: str | Path | None = None
     )
 
 
+def _keep_previous(path: Path) -> None:
+    """Move the last start's output to `<name>.1` (replacing the one before it)."""
+    with contextlib.suppress(OSError):
+        os.replace(path, path.with_name(path.name + ".1"))
+
+
 def _tail(path: Path, lines: int = 6) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -136,6 +144,7 @@ def start_engine(
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / LAUNCH_LOG
+    _keep_previous(log_path)
     env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV}
     env["RNA_HOME"] = str(home)
     if os.environ.get("RNA_ENGINE_PYTHONPATH"):

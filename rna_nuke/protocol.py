@@ -29,7 +29,7 @@ class EngineError(Exception):
     """An error the user sees: `code` is machine-readable, `message` is one line.
 
     Codes from the engine: bad_request, unauthorized, version_mismatch, not_found, too_large,
-    invalid_spec, internal. Codes from this side: no_engine, unreachable, timeout, protocol,
+    invalid_spec, busy, internal. Codes from this side: no_engine, unreachable, timeout, protocol,
     engine_start, engine_lost.
     """
 

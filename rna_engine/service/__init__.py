@@ -19,8 +19,12 @@ The parts:
 - `discovery` — the discovery file, `live_engine` and `call_engine` (`rna-engine status`/`cancel`);
 - `jobs` — `Job`, the `JobTable` (submit with its dedupe, status, cancel, list, subscriptions)
   and the `Worker` that runs one job at a time;
+- `gate` — `Gate`: the one thread where connections wait until they authenticate;
 - `server` — `Service`: the socket, the connection threads, dispatch to the job table;
-- `logs` — `setup_logging`, the engine's log file.
+- `logs` — `setup_logging`, the engine's bounded per-session logs, `LogThrottle`, `FailureLog`.
+
+The limits on what a client may send and how long it may wait are in docs/protocol.md
+("Limits").
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def write_discovery(path: Path, data: Mapping[str, Any]) -> None:
         tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (always True on Windows: the port probe decides there)."""
     if sys.platform == "win32":
         return True  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows; the port probe decides
     try:
@@ -66,7 +67,7 @@ def _pid_alive(pid: int) -> bool:
 def live_engine(path: Path, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """The discovery data when its process is alive and its port accepts a connection."""
     data = read_discovery(path)
-    if not data or not isinstance(data.get("pid"), int) or not _pid_alive(data["pid"]):
+    if not data or not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
         return None
     try:
         with socket.create_connection(("127.0.0.1", data["port"]), timeout=timeout_s):

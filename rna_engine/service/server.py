@@ -1,23 +1,26 @@
 """The engine's socket server (docs/protocol.md): many clients, one `JobTable`, one `Worker`.
 
 `Service` binds TCP on 127.0.0.1 (an ephemeral port), writes the discovery file, starts the
-worker thread and the accept loop, and serves each connection in its own thread: it reads a
-frame, checks the token and dispatches the request type (`hello`, `build.submit`, `job.status`,
-`job.cancel`, `job.subscribe`, `jobs.list`, `shutdown`) to the job table. `build.submit` is
-checked here, once, at the door (spec, device, absolute paths). After the `job.subscribe` reply
-the connection pushes the job's events (a heartbeat every `heartbeat_s`) until a final state,
-then takes requests again.
+worker thread and the connection gate (`gate.Gate`: one thread holds every connection until it
+sends a request with the right token, at most `max_unauthenticated` of them, each for at most
+`auth_timeout_s`). An authenticated connection is served in its own thread, at most
+`max_connections` of them: it reads a frame, checks the token and dispatches the request type
+(`hello`, `build.submit`, `job.status`, `job.cancel`, `job.subscribe`, `jobs.list`, `shutdown`)
+to the job table. `build.submit` is checked here, once, at the door (spec, device, absolute
+paths). After the `job.subscribe` reply the connection pushes the job's events (a heartbeat
+every `heartbeat_s`) until a final state, then takes requests again.
 
 Robustness: a frame must arrive completely within `frame_timeout_s` of its first byte (slow-drip
 clients are dropped), an idle connection is closed after `idle_timeout_s`, writes time out after
-`write_timeout_s`, connections beyond `max_connections` are closed at once. Nothing a client
-sends stops the server, except an authenticated `shutdown`.
+`write_timeout_s`. Every request gets a reply or a documented close: a bug answers `internal`
+(its traceback logged once per kind, `logs.FailureLog`); rejected requests are logged through a
+`logs.LogThrottle`. Nothing a client sends stops the server, except an authenticated
+`shutdown`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import re
@@ -34,19 +37,23 @@ from rna_engine.errors import InputError
 from rna_engine.settings import PRESETS, absolute_paths, relative_paths, spec_from_dict
 
 from .discovery import discovery_path, live_engine, read_discovery, write_discovery
+from .gate import Gate
 from .jobs import Job, JobTable, Runner, Worker
+from .logs import FailureLog, LogThrottle
 from .protocol import (
     FINAL_STATES,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     PeerClosed,
     ProtocolError,
+    clip,
     drain,
     encode_frame,
     parse_request,
     read_frame,
     reply_error,
     reply_ok,
+    token_matches,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +73,11 @@ class Service:
         idle_timeout_s: an idle connection (no request) is closed after this long.
         heartbeat_s: a subscriber gets an event at least this often.
         write_timeout_s: a client that does not read for this long is dropped.
-        max_connections: connections beyond this are closed at once.
+        max_connections: authenticated connections at most; one more is answered `busy`.
+        auth_timeout_s: a connection that has not sent a request with the right token this long
+            after its connect is closed.
+        max_unauthenticated: connections waiting to authenticate at most; a new one evicts the
+            oldest.
     """
 
     def __init__(
@@ -80,6 +91,8 @@ class Service:
         heartbeat_s: float = 2.0,
         write_timeout_s: float = 10.0,
         max_connections: int = 64,
+        auth_timeout_s: float = 3.0,
+        max_unauthenticated: int = 16,
     ) -> None:
         self.rna_home = Path(rna_home)
         self.device = device
@@ -91,11 +104,16 @@ class Service:
         self.heartbeat_s = heartbeat_s
         self.write_timeout_s = write_timeout_s
         self.max_connections = max_connections
+        self.auth_timeout_s = auth_timeout_s
+        self.max_unauthenticated = max_unauthenticated
+        self._throttle = LogThrottle(log)
+        self._failures = FailureLog(log, self._throttle)
         self._table = JobTable()
         self._worker = Worker(self._table, device, runner, stage_weights)
         self._lock = threading.Lock()
         """Guards `_conns`; the table's own lock guards the jobs."""
         self._conns: set[socket.socket] = set()
+        """Authenticated connections (each has its thread)."""
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
@@ -122,12 +140,25 @@ class Service:
             )
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.settimeout(0.25)  # the accept loop polls for stop
+        listener.listen(socket.SOMAXCONN)  # a flood of connects waits here, not in SYN retries
         self._listener = listener
         self.port = listener.getsockname()[1]
+        gate = Gate(
+            listener,
+            self._admit,
+            self._hand_off,
+            max_waiting=self.max_unauthenticated,
+            auth_timeout_s=self.auth_timeout_s,
+            frame_timeout_s=self.frame_timeout_s,
+            throttle=self._throttle,
+            failures=self._failures,
+        )
         write_discovery(self.discovery_path, self.discovery())
-        for target, name in ((self._worker.run, "rna-worker"), (self._accept_loop, "rna-accept")):
+
+        def run_gate() -> None:
+            gate.run(lambda: self._stopping)
+
+        for target, name in ((self._worker.run, "rna-worker"), (run_gate, "rna-gate")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -186,35 +217,45 @@ class Service:
         if current and current.get("token") == self.token:
             with contextlib.suppress(OSError):
                 self.discovery_path.unlink()
+        self._throttle.tick(force=True)
         log.info("engine stopped")
         self._stopped.set()
 
     # connections ----------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopping:
-            try:
-                conn, addr = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping:
-                    return
-                log.exception("accept failed")
-                time.sleep(0.1)
-                continue
+    def _admit(self, payload: bytes) -> dict[str, Any]:
+        """The gate's check of a connection's frame: a request with the right token."""
+        request = parse_request(payload)
+        self._check_token(request)
+        return request
+
+    def _check_token(self, request: dict[str, Any]) -> None:
+        if not token_matches(request.get("token"), self.token):
+            raise ProtocolError("unauthorized", "wrong or missing token", request["id"])
+
+    def _hand_off(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Serve an authenticated connection in its own thread, `request` first."""
+        with self._lock:
+            if self._stopping:
+                raise ProtocolError("internal", "the engine is shutting down", request["id"])
+            if len(self._conns) >= self.max_connections:
+                raise ProtocolError(
+                    "busy",
+                    f"{self.max_connections} connections are open; try again",
+                    request["id"],
+                )
+            self._conns.add(conn)
+        conn.setblocking(True)
+        thread = threading.Thread(
+            target=self._serve_connection, args=(conn, request), name="rna-conn", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as err:  # no more threads
             with self._lock:
-                full = len(self._conns) >= self.max_connections
-                if not full:
-                    self._conns.add(conn)
-            if full:
-                log.warning("connection from %s refused: %d open", addr, self.max_connections)
-                conn.close()
-                continue
-            threading.Thread(
-                target=self._serve_connection, args=(conn,), name="rna-conn", daemon=True
-            ).start()
+                self._conns.discard(conn)
+            conn.setblocking(False)
+            raise ProtocolError("busy", f"cannot serve ({err})", request["id"]) from err
 
     def _send(self, conn: socket.socket, message: Mapping[str, Any]) -> None:
         try:
@@ -224,42 +265,56 @@ class Service:
         conn.settimeout(self.write_timeout_s)
         conn.sendall(frame)
 
-    def _serve_connection(self, conn: socket.socket) -> None:
+    def _serve_connection(self, conn: socket.socket, request: dict[str, Any]) -> None:
         try:
-            while not self._stopping:
-                request_id = ""
-                try:
-                    payload = read_frame(conn, self.idle_timeout_s, self.frame_timeout_s)
-                    request = parse_request(payload)
-                    request_id = request["id"]
-                    self._handle(conn, request)
-                except ProtocolError as err:
-                    log.info("request rejected: %s: %s", err.code, err.message)
-                    self._send(
-                        conn, reply_error(err.request_id or request_id, err.code, err.message)
-                    )
-                    if err.fatal:
-                        drain(conn)
-                        return
+            self._serve_requests(conn, request)
         except TimeoutError:
-            log.info("connection dropped: frame not complete within %.1fs", self.frame_timeout_s)
-        except (PeerClosed, ConnectionError, OSError):
+            self._throttle.note(
+                "frame_timeout",
+                "connection dropped: frame not complete within %.1fs",
+                self.frame_timeout_s,
+            )
+        except (PeerClosed, OSError):
             pass
-        except Exception:  # a bug must not take the server down
-            log.exception("connection handler failed")
+        except Exception as err:  # a bug must not take the server down
+            self._failures.log("connection handler", err)
         finally:
             with self._lock:
                 self._conns.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
+    def _serve_requests(self, conn: socket.socket, first: dict[str, Any]) -> None:
+        """Answer `first`, then every request the connection sends, until it closes."""
+        request: dict[str, Any] | None = first
+        while not self._stopping:
+            request_id = request["id"] if request else ""
+            try:
+                if request is None:
+                    request = parse_request(
+                        read_frame(conn, self.idle_timeout_s, self.frame_timeout_s)
+                    )
+                    request_id = request["id"]
+                self._handle(conn, request)
+            except ProtocolError as err:
+                self._throttle.note(err.code, "request rejected: %s: %s", err.code, err.message)
+                self._send(conn, reply_error(err.request_id or request_id, err.code, err.message))
+                if err.fatal:
+                    drain(conn)
+                    return
+            except (PeerClosed, OSError):
+                raise
+            except Exception as err:  # a bug: answer it, log it once, close
+                self._failures.log("connection handler", err)
+                message = f"the engine failed ({type(err).__name__}); see its log"
+                with contextlib.suppress(OSError):
+                    self._send(conn, reply_error(request_id, "internal", message))
+                return
+            request = None
+
     def _handle(self, conn: socket.socket, request: dict[str, Any]) -> None:
         request_id = request["id"]
-        token = request.get("token")
-        if not isinstance(token, str) or not hmac.compare_digest(
-            token.encode("utf-8"), self.token.encode("utf-8")
-        ):
-            raise ProtocolError("unauthorized", "wrong or missing token", request_id)
+        self._check_token(request)
         type_ = request["type"]
         body = request["body"]
         if type_ == "job.subscribe":
@@ -276,7 +331,9 @@ class Service:
         handler = handlers.get(type_)
         if handler is None:
             raise ProtocolError(
-                "bad_request", f"unknown type {type_!r} ({', '.join(REQUEST_TYPES)})", request_id
+                "bad_request",
+                f"unknown type {clip(repr(type_), 80)} ({', '.join(REQUEST_TYPES)})",
+                request_id,
             )
         try:
             result = handler(body)
@@ -284,8 +341,8 @@ class Service:
             err.request_id = request_id
             raise
         except Exception as err:
-            log.exception("%s failed", type_)
-            raise ProtocolError("internal", f"{type_}: {err}", request_id) from err
+            self._failures.log(type_, err)
+            raise ProtocolError("internal", f"{type_}: {clip(str(err))}", request_id) from err
         try:
             self._send(conn, reply_ok(request_id, result))
         finally:
@@ -304,6 +361,9 @@ class Service:
         }
 
     def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        where = _not_unicode(body)
+        if where is not None:  # a lone surrogate: no file system path can hold it
+            raise ProtocolError("invalid_spec", f"setting {where}: not valid Unicode")
         try:
             spec = spec_from_dict(body)
         except InputError as err:
@@ -355,3 +415,22 @@ class Service:
                     return
         finally:
             self._table.unsubscribe()
+
+
+def _not_unicode(value: Any, where: str = "") -> str | None:
+    """The dotted key of the first string in `value` that UTF-8 cannot encode, else None
+    (recursive: a request nests at most `MAX_JSON_DEPTH` deep)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(body)"
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        found = _not_unicode(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import stat
@@ -20,13 +21,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import malformed_frames
 import pytest
 
 from rna_engine import __version__
 from rna_engine.commands import status as status_command
 from rna_engine.errors import InputError
 from rna_engine.media.cache import BuildPaths, StatusFile, write_json_atomic
-from rna_engine.service import Service
+from rna_engine.service import Service, setup_logging
+from rna_engine.service.logs import (
+    ConsoleBound,
+    FailureLog,
+    LogThrottle,
+    SessionLog,
+    session_head,
+    tail_paths,
+)
 
 STAGES = {"ingest": 1.0, "fit": 3.0, "bake": 1.0}
 
@@ -493,7 +503,8 @@ def test_serve_subprocess_discovery_cli_and_shutdown(tmp_path: Path) -> None:
         assert stat.S_IMODE((home / "engine.json").stat().st_mode) == 0o600
         hello = Raw(data["port"], data["token"]).call("hello")["body"]
         assert hello["pid"] == proc.pid and hello["version"] == __version__
-        assert Raw(data["port"], "guess").call("hello")["error"]["code"] == "unauthorized"
+        for _ in range(20):  # rejected requests: INFO lines of the log file, not of stderr
+            assert Raw(data["port"], "guess").call("hello")["error"]["code"] == "unauthorized"
         status = _cli(home, "status")
         assert status.returncode == 0 and f"pid {proc.pid}" in status.stdout
         cancel = _cli(home, "cancel", "nosuchjob")
@@ -504,7 +515,13 @@ def test_serve_subprocess_discovery_cli_and_shutdown(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert not (home / "engine.json").exists()
-    assert "listening on 127.0.0.1" in (home / "logs" / "engine.log").read_text()
+    (session,) = (home / "logs").glob(f"engine-*-{proc.pid}.log")  # this start's log
+    lines = session.read_text().splitlines()
+    assert "session start: rna-engine" in lines[0] and f"pid {proc.pid}" in lines[0]
+    assert any("listening on 127.0.0.1" in line for line in lines)
+    assert sum("request rejected: unauthorized" in line for line in lines) == 10  # then summed
+    assert any("10 more not logged" in line and "unauthorized 10" in line for line in lines)
+    assert proc.stderr is not None and proc.stderr.read() == b""  # console: warnings only
     assert _cli(home, "status").stdout == "no engine is running\n"
 
 
@@ -571,3 +588,229 @@ def test_serve_subprocess_cancels_a_real_build(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- hardening (issue #35): the door, malformed frames, the logs --------------------------------
+
+
+def _closed_within(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether the server closes `sock` (EOF or reset) within `timeout_s`."""
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def test_unauthenticated_connection_is_closed_after_the_auth_deadline(tmp_path: Path) -> None:
+    svc = Service(tmp_path / "home", runner=FakePipeline(), auth_timeout_s=0.3)
+    svc.start()
+    try:
+        idle, wrong, good = client(svc), client(svc, token="guess"), client(svc)
+        t0 = time.monotonic()
+        assert wrong.call("hello")["error"]["code"] == "unauthorized"  # may try again, until...
+        assert good.call("hello")["ok"]
+        assert _closed_within(idle.sock, 2.0) and _closed_within(wrong.sock, 2.0)
+        assert 0.25 <= time.monotonic() - t0 < 1.5
+        time.sleep(0.3)
+        assert good.call("hello")["ok"]  # an authenticated connection has no such deadline
+    finally:
+        svc.stop(timeout_s=5.0)
+
+
+def test_a_full_unauthenticated_pool_evicts_its_oldest(tmp_path: Path) -> None:
+    svc = Service(tmp_path / "home", runner=FakePipeline(), max_unauthenticated=4)
+    svc.start()
+    try:
+        idle = [client(svc) for _ in range(10)]
+        assert client(svc).call("hello")["ok"]  # a client that sends at once gets through
+        closed = [_closed_within(c.sock, 0.15) for c in idle]
+        assert closed[:7] == [True] * 7  # the oldest made room for the 3 newest and the hello
+        assert closed[7:] == [False] * 3
+    finally:
+        svc.stop(timeout_s=5.0)
+
+
+def test_deep_json_is_a_bad_request_and_the_connection_stays_usable(service: Service) -> None:
+    c = client(service)
+    assert c.call("hello")["ok"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for payload in (
+        deep,
+        b'{"v": 1, "id": "d", "type": "hello", "body": {"x": ' + deep + b"}}",
+    ):
+        c.send_bytes(payload)
+        reply = c.recv()
+        assert (
+            reply["error"]["code"] == "bad_request"
+            and "nested deeper than 32" in reply["error"]["message"]
+        )
+
+    def nested(depth: int) -> Any:
+        return [] if depth == 1 else [nested(depth - 1)]
+
+    # the envelope is level 1 and the body level 2: 30 more levels are allowed, 31 are not
+    assert c.call("hello", {"x": nested(30)})["ok"]
+    assert c.call("hello", {"x": nested(31)})["error"]["code"] == "bad_request"
+    assert c.call("hello")["ok"]
+
+
+def test_a_token_that_is_not_unicode_is_unauthorized(service: Service) -> None:
+    c = client(service)
+    for token in ("\ud800", "\udfff" + service.token, 42, None, [service.token]):
+        reply = c.call("hello", token=token)  # json.dumps writes the lone surrogate as \\ud800
+        assert reply["error"]["code"] == "unauthorized", token
+    assert c.call("hello")["ok"]
+    assert c.call("build.submit", {"plate": "/a/\ud800.exr"})["error"] == {
+        "code": "invalid_spec",
+        "message": "setting plate: not valid Unicode",
+    }
+
+
+def test_every_malformed_frame_is_answered_or_closed(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A few hundred seeded probes of every kind (tests/engine/malformed_frames.py)."""
+    threads = threading.active_count()
+    outcomes: dict[str, set[str]] = {}
+    with caplog.at_level("INFO", logger="rna_engine"):
+        for probe in malformed_frames.probes(300, seed=35, token=service.token):
+            outcome, detail = malformed_frames.run_probe(service.port, probe, timeout_s=3.0)
+            assert outcome in (malformed_frames.REPLY, malformed_frames.CLOSED), (probe, detail)
+            outcomes.setdefault(probe.kind, set()).add(outcome)
+    assert set(outcomes) == set(malformed_frames.KINDS)
+    assert outcomes["oversized"] == outcomes["truncated"] == {malformed_frames.CLOSED}
+    assert client(service).call("hello")["ok"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no handler failed
+    rejected = [r for r in caplog.records if "request rejected" in r.getMessage()]
+    assert len(rejected) <= 10 * 6  # 10 a window per error code: the rest summed up
+    deadline = time.monotonic() + 3.0
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)  # connection threads end once their client closes
+    assert threading.active_count() <= threads
+
+
+def test_session_log_keeps_its_head_and_bounds_its_tail(tmp_path: Path) -> None:
+    head = session_head(tmp_path, pid=12345)
+    handler = SessionLog(head, head_bytes=4096, tail_bytes=2048, max_record_bytes=512)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.write_line("session start: first line")
+    logger = logging.getLogger("test_session_log")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        for i in range(5000):
+            logger.info("record %05d %s", i, "x" * (i % 50))
+        logger.info("long %s end-of-long", "y" * 5000)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    tail, older = tail_paths(head, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([head.name, tail.name, older.name])
+    assert head.stat().st_size <= 4096 and tail.stat().st_size <= 2048
+    assert older.stat().st_size <= 2048
+    lines = head.read_text().splitlines()
+    assert lines[0] == "session start: first line" and lines[1].startswith("record 00000 ")
+    assert tail.name in lines[-1]  # the head says where the rest went
+    last = tail.read_text().splitlines()[-1]
+    assert last.startswith("long y") and last.endswith("end-of-long") and "bytes cut" in last
+    assert len(last.encode()) <= 512
+    assert "record 04999" in older.read_text() + tail.read_text()
+
+
+def test_setup_logging_prunes_old_sessions_but_not_a_live_one(tmp_path: Path) -> None:
+    logs = tmp_path / "home" / "logs"
+    logs.mkdir(parents=True)
+    dead = 2**22 + 7  # above Linux's default pid_max
+    for day in range(1, 7):
+        stem = f"engine-202601{day:02d}-120000-{dead + day}"
+        for name in (f"{stem}.log", f"{stem}.tail.log", f"{stem}.tail.1.log"):
+            (logs / name).write_text("old\n")
+    live = logs / f"engine-20250101-000000-{os.getppid()}.log"  # oldest, but its engine runs
+    live.write_text("live\n")
+    path = setup_logging(tmp_path / "home", keep_sessions=3, console_bytes=0)
+    root = logging.getLogger("rna_engine")
+    try:
+        logging.getLogger("rna_engine.test").info("hello from the test")
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, SessionLog)]:
+            root.removeHandler(handler)
+            handler.close()
+    heads = sorted(p.name for p in logs.glob("engine-*.log") if ".tail" not in p.name)
+    assert heads == [
+        live.name,
+        f"engine-20260105-120000-{dead + 5}.log",
+        f"engine-20260106-120000-{dead + 6}.log",
+        path.name,
+    ]
+    assert not list(logs.glob("engine-20260104-*"))  # its tail files went with it
+    lines = path.read_text().splitlines()
+    assert "session start: rna-engine" in lines[0] and "hello from the test" in lines[1]
+
+
+def test_console_bound_keeps_the_head_of_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "engine.stdout.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        bound = ConsoleBound(1000, fds=[fd], notice="see the log")
+        assert bound.active
+        os.write(fd, b"start-up line\n" + b"z" * 990)
+        bound.check()  # 1004 bytes: over
+        os.write(fd, b"dropped\n" * 1000)
+        bound.check()
+    finally:
+        os.close(fd)
+    text = path.read_text()
+    assert text.startswith("start-up line\n") and "dropped" not in text
+    assert text.endswith("output cut at 1000 bytes. see the log\n") and len(text) < 1100
+    assert not ConsoleBound(1000, fds=[os.open(os.devnull, os.O_WRONLY)]).active  # not a file
+
+
+def test_log_throttle_sums_up_repeats(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    throttle = LogThrottle(
+        logging.getLogger("test_throttle"), burst=3, window_s=10.0, clock=lambda: now[0]
+    )
+    with caplog.at_level("INFO", logger="test_throttle"):
+        for i in range(1000):
+            throttle.note("bad_request", "rejected %d", i)
+        throttle.note("unauthorized", "unauthorized", level=logging.WARNING)
+        throttle.tick()  # the window has not ended
+        now[0] = 10.0
+        throttle.tick()
+        throttle.note("bad_request", "rejected again")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "rejected 0",
+        "rejected 1",
+        "rejected 2",
+        "unauthorized",
+        "997 more not logged in the last 10s: bad_request 997",
+        "rejected again",
+    ]
+
+
+def test_failure_log_writes_a_traceback_once_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test_failures")
+    failures = FailureLog(logger, LogThrottle(logger, burst=1))
+
+    def fail(value: int) -> None:
+        raise ValueError(f"bad {value}")
+
+    with caplog.at_level("INFO", logger="test_failures"):
+        for i in range(5):
+            try:
+                fail(i)
+            except ValueError as err:
+                failures.log("connection handler", err)
+    with_traceback = [r for r in caplog.records if r.exc_info]
+    assert (
+        len(with_traceback) == 1 and with_traceback[0].getMessage() == "connection handler failed"
+    )
+    assert len(caplog.records) == 2  # then one line; the other three wait for the summary
+    assert "failed again: ValueError at test_service.py:" in caplog.records[1].getMessage()

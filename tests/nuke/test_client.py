@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -58,10 +59,17 @@ class FakePipeline:
 
 
 class Proxy:
-    """A TCP relay to the engine; `cut()` drops live connections, `close()` also stops listening."""
+    """A TCP relay to the engine; `cut()` drops live connections, `close()` also stops listening.
 
-    def __init__(self, upstream_port: int) -> None:
+    The first `drop_first` connections are read, then closed (reset, with `reset`) without a
+    reply and never reach the engine.
+    """
+
+    def __init__(self, upstream_port: int, drop_first: int = 0, reset: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.drop_first = drop_first
+        self.reset = reset
+        self.dropped = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.05)
         self.port = self.listener.getsockname()[1]
@@ -77,6 +85,10 @@ class Proxy:
                 down, _ = self.listener.accept()
             except OSError:
                 continue
+            if self.dropped < self.drop_first:
+                self.dropped += 1
+                self._drop(down)
+                continue
             with self._lock:
                 if self._closed:
                     down.close()
@@ -86,6 +98,16 @@ class Proxy:
                 self._socks += [down, up]
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _drop(self, sock: socket.socket) -> None:
+        sock.settimeout(2.0)
+        try:
+            sock.recv(1 << 16)  # the request has arrived
+        except OSError:
+            pass
+        if self.reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
 
     @staticmethod
     def _pipe(a: socket.socket, b: socket.socket) -> None:
@@ -334,6 +356,54 @@ def test_restarted_engine_that_forgot_the_job_falls_back_to_disk(engine, tmp_pat
     assert final["state"] == "failed" and final["error"]["code"] == "engine_lost"
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_request_dropped_before_its_reply_is_sent_again(
+    engine, tmp_path: Path, reset: bool
+) -> None:
+    svc, runner, _, _ = engine
+    proxy = Proxy(svc.port, drop_first=2, reset=reset)
+    discovery = tmp_path / "dropping.json"
+    write_json_atomic(discovery, {**svc.discovery(), "port": proxy.port})
+    client = EngineClient(discovery)
+    try:
+        t0 = time.monotonic()
+        assert client.hello()["pid"] == os.getpid()  # third attempt, after 0.1 + 0.3 s
+        assert 0.4 <= time.monotonic() - t0 < 2.0
+        assert (proxy.dropped, proxy.accepted) == (2, 1)
+        proxy.drop_first = proxy.dropped + 1  # a submit is not sent again
+        with pytest.raises(EngineError) as err:
+            client.submit(spec_for(tmp_path))
+        assert err.value.code == "unreachable" and "build.submit" in err.value.message
+        assert (proxy.dropped, proxy.accepted) == (3, 1)
+        assert client.jobs() == [] and runner.calls == 0
+        proxy.drop_first = proxy.dropped + 3  # three drops: out of attempts
+        with pytest.raises(EngineError) as err:
+            client.status("0123456789abcdef")
+        assert err.value.code == "unreachable" and proxy.dropped == proxy.drop_first
+    finally:
+        proxy.close()
+
+
+def test_idle_anonymous_connections_do_not_lock_out_the_plugin(tmp_path: Path) -> None:
+    """Issue #35: 64 connections that send nothing filled every slot; `hello` failed."""
+    svc = Service(tmp_path / "home", device="cpu", runner=FakePipeline(), stage_weights=STAGES)
+    svc.start()
+    idle: list[socket.socket] = []
+    client = EngineClient(svc.discovery_path, resend_attempts=1)  # no help from resending
+    try:
+        for _ in range(3):
+            idle += [socket.create_connection(("127.0.0.1", svc.port)) for _ in range(64)]
+            t0 = time.monotonic()
+            assert client.hello()["pid"] == os.getpid()
+            assert time.monotonic() - t0 < 1.0
+        job_id = client.submit(spec_for(tmp_path))
+        assert client.subscribe(job_id, lambda e: None, lambda: False)["state"] == "done"
+    finally:
+        for sock in idle:
+            sock.close()
+        svc.stop(timeout_s=5.0)
+
+
 # -- launcher: real processes -------------------------------------------------------------------
 
 
@@ -381,6 +451,12 @@ def test_start_failures_name_the_interpreter_and_the_log(
     assert str(broken) in message and "code 3" in message
     assert str(home / "logs" / "engine.stdout.log") in message
     assert "No module named rna_engine" in message
+    broken.write_text("#!/bin/sh\necho 'second start' >&2\nexit 3\n")
+    with pytest.raises(EngineError) as err:
+        start_engine(timeout_s=5.0)
+    assert "second start" in err.value.message and "No module" not in err.value.message
+    previous = home / "logs" / "engine.stdout.log.1"  # the start before, kept once
+    assert previous.read_text() == "No module named rna_engine\n"
 
 
 # -- the plugin stays standard-library only -----------------------------------------------------
