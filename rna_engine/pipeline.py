@@ -82,9 +82,13 @@ class Ingested:
     space: WorkingSpace
 
 
-def _read_rgb(path: Path) -> tuple[np.ndarray, io.ImageData, int]:
-    """A plate file's RGB with NaN/Inf replaced by 0, its image, and how many were replaced."""
-    image = io.read_image(path)
+def _read_rgb(path: Path, strict: bool = False) -> tuple[np.ndarray, io.ImageData, int]:
+    """A plate file's RGB with NaN/Inf replaced by 0, its image, and how many were replaced.
+
+    Decode damage (`ImageData.damage`) is refused when `strict`, else left for the caller to
+    warn about, in frame order.
+    """
+    image = io.read_image(path, strict=strict, warn=False)
     names = io.rgb_channel_names(image.channels)
     rgb = image.select(names)
     bad = 0
@@ -99,8 +103,14 @@ def _warn_non_finite(path: Path, bad: int) -> None:
         log.warning("%s: %d NaN/Inf values replaced by 0", path, bad)
 
 
-def _plate_rgb(path: Path) -> tuple[np.ndarray, io.ImageData]:
-    rgb, image, bad = _read_rgb(path)
+def _warn_damage(path: Path, damage: tuple[str, ...]) -> None:
+    for text in damage:
+        log.warning("%s: %s; read anyway (ingest.strict_decode refuses it)", path, text)
+
+
+def _plate_rgb(path: Path, strict: bool = False) -> tuple[np.ndarray, io.ImageData]:
+    rgb, image, bad = _read_rgb(path, strict)
+    _warn_damage(path, image.damage)
     _warn_non_finite(path, bad)
     return rgb, image
 
@@ -113,7 +123,8 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
     """
     frames = inputs.plate
     numbers = inputs.frame_numbers
-    first, first_image = _plate_rgb(frames[numbers[0]])
+    strict = settings.strict_decode
+    first, first_image = _plate_rgb(frames[numbers[0]], strict)
     height, width = first.shape[:2]
     kind = settings.colour
     to_linear = None
@@ -126,20 +137,21 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
     ww, wh = io.working_size(width, height, settings.working_long_side)
     roi_plate = inputs.read_roi()
 
-    def load(number: int) -> tuple[int, tuple[int, ...], np.ndarray | None]:
-        """NaN/Inf count, plate size and working frame (None when the size is wrong)."""
+    def load(number: int) -> tuple[int, tuple[str, ...], tuple[int, ...], np.ndarray | None]:
+        """NaN/Inf count, decode damage, plate size and working frame (None: wrong size)."""
         if number == numbers[0]:
-            rgb, bad = first, 0  # read (and warned about) above
+            rgb, bad, damage = first, 0, ()  # read (and warned about) above
         else:
-            rgb, _, bad = _read_rgb(frames[number])
+            rgb, image, bad = _read_rgb(frames[number], strict)
+            damage = image.damage
         if rgb.shape[:2] != (height, width):
-            return bad, rgb.shape[:2], None
+            return bad, damage, rgb.shape[:2], None
         # Display-referred files hold code values: decode to linear first, then re-encode.
         if to_linear is not None:
             linear = to_linear(rgb)
         else:
             linear = rgb if kind == "scene_linear" else _display_to_linear(rgb)
-        return bad, rgb.shape[:2], space.encode(io.resize_area(linear, ww, wh))
+        return bad, damage, rgb.shape[:2], space.encode(io.resize_area(linear, ww, wh))
 
     working = np.empty((len(numbers), wh, ww, 3), np.float32)
     workers = io_workers(ctx.io_workers)
@@ -148,8 +160,9 @@ def ingest(inputs: ResolvedInputs, settings: IngestSettings, ctx: RunContext) ->
         thread_pool(workers, "ingest") as pool,
         closing(ordered_map(pool, load, numbers, ahead=workers)) as loaded,
     ):
-        for i, (number, (bad, size, frame)) in enumerate(zip(numbers, loaded, strict=True)):
+        for i, (number, (bad, damage, size, frame)) in enumerate(zip(numbers, loaded, strict=True)):
             ctx.cancel.check()
+            _warn_damage(frames[number], damage)
             _warn_non_finite(frames[number], bad)
             if frame is None:
                 raise InputError(
@@ -477,7 +490,8 @@ def _stages(
     }
 
     def read_plate(number: int) -> np.ndarray:
-        rgb = _plate_rgb(inputs.plate[number])[0]
+        rgb, _, bad = _read_rgb(inputs.plate[number])  # decode damage: warned at ingest
+        _warn_non_finite(inputs.plate[number], bad)
         return rgb if data.space.kind == "scene_linear" else _display_to_linear(rgb)
 
     read_holdout = inputs.read_holdout if inputs.holdout is not None else None

@@ -75,6 +75,11 @@ class IngestSettings:
     colorspace: str = ""
     """Input colourspace name of the plate in the OCIO config (e.g. the Nuke Read's); the plate
     is converted from it to the config's scene_linear role. Empty: the `colour` auto rule."""
+    strict_decode: bool = False
+    """Refuse (exit 2) a plate frame that is damaged but still decodes: libjpeg's "Corrupt JPEG
+    data" warnings, a PNG ancillary chunk failing its CRC (`rna-engine build --strict`). Off:
+    the frame is read with one warning naming it. Truncated and undecodable files are always
+    refused; a JPEG bit flip that decodes silently to other pixels cannot be found."""
 
     def __post_init__(self) -> None:
         _require(

@@ -52,6 +52,12 @@ def populate(parser: argparse.ArgumentParser) -> None:
         "values; repeatable)",
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a damaged plate frame (corrupt JPEG data, a PNG chunk failing its CRC) "
+        "instead of warning; sets ingest.strict_decode, also with --spec",
+    )
+    parser.add_argument(
         "--farm", action="store_true", help="print openjd_progress/openjd_status/openjd_fail lines"
     )
 
@@ -79,7 +85,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The build spec, paths absolute: a `--spec` file's relative to its folder, the options'
-    relative to the current directory (docs/spec.md)."""
+    relative to the current directory (docs/spec.md); `--strict` applies to both."""
+    spec = _spec_from_args(args)
+    return _strict(spec) if getattr(args, "strict", False) else spec
+
+
+def _strict(spec: Any) -> Any:
+    """`spec` with `ingest.strict_decode` on."""
+    from dataclasses import replace
+
+    settings = spec.settings
+    ingest = replace(settings.ingest, strict_decode=True)
+    return replace(spec, settings=replace(settings, ingest=ingest))
+
+
+def _spec_from_args(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from rna_engine.errors import InputError

@@ -18,7 +18,11 @@ def populate(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(pattern: str, frames: str = "") -> dict[str, Any]:
-    """Inspect every file of a sequence; raises InputError on the first bad one."""
+    """Inspect every file of a sequence; raises InputError on the first unreadable one.
+
+    Files that read but are damaged (corrupt JPEG data, a PNG chunk failing its CRC) are listed
+    under `damaged`, one entry per file, like NaN/Inf pixels under `nonfinite`.
+    """
     from dataclasses import asdict
 
     from rna_engine.errors import InputError
@@ -63,6 +67,7 @@ def describe(pattern: str, frames: str = "") -> dict[str, Any]:
         "colourspace_hint": first.colourspace
         or ("scene-linear" if first.file_format in ("openexr", "hdr") else "display (sRGB)"),
         "nonfinite": [{"path": r.path, "nan": r.nan_count, "inf": r.inf_count} for r in bad],
+        "damaged": [{"path": r.path, "damage": "; ".join(r.damage)} for r in reports if r.damage],
         "files": [asdict(r) for r in reports] if len(reports) <= 1 else None,
     }
 
@@ -90,4 +95,6 @@ def run(args: argparse.Namespace) -> int:
     out.write(f"  colourspace  {info['colourspace_hint']}\n")
     for bad in info["nonfinite"]:
         out.write(f"  warning      {bad['path']}: {bad['nan']} NaN, {bad['inf']} Inf pixels\n")
+    for bad in info["damaged"]:
+        out.write(f"  warning      {bad['path']}: {bad['damage']}\n")
     return 0

@@ -8,6 +8,12 @@ Contract:
   unsupported file, and a folder named like one, raises `InputError` with one line naming the
   file; an error OpenImageIO leaves pending after a read that "succeeded" is a failed read.
   NaN/Inf pixels are reported by `inspect`, never fatal.
+- Damage that still decodes is `ImageData.damage`: libjpeg's warnings on a JPEG whose every
+  pixel was decoded ("Corrupt JPEG data: ..."; a sequential JPEG's data is read to its end
+  marker once more to find them) and a PNG ancillary chunk failing its CRC. `read_image` logs
+  one warning naming the file, or raises `InputError` with `strict=True`. A JPEG that ends
+  early ("Premature end of JPEG file") is truncated: always an error. A bit flip that libjpeg
+  decodes to other pixels without a warning cannot be found: JPEG has no checksum.
 - Writers are atomic: a temporary file beside the target, then `os.replace`.
 
 Sequence patterns: a frame token in the file name, which may be the whole name before the
@@ -23,6 +29,7 @@ Frame ranges: `1001-1100`, `1-10x2`, `1 3 4 8`, `1001-1010,1020`, `-5--1` (Nuke'
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -45,6 +52,8 @@ _PRINTF = re.compile(r"%(0?)(\d*)d")
 _ATS = re.compile(r"@+")
 _DIGITS = re.compile(r"-?[0-9]+")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:[x:](\d+))?)?$")
+
+log = logging.getLogger(__name__)
 
 LOSSY_COMPRESSIONS = ("dwaa", "dwab", "b44", "b44a", "pxr24")
 LOSSLESS_COMPRESSIONS = ("none", "rle", "zips", "zip", "piz")
@@ -254,6 +263,9 @@ class ImageData:
     bits_per_sample: int = 32
     part: int = 0
     part_name: str = ""
+    damage: tuple[str, ...] = ()
+    """What is wrong with a file that still decoded (`corrupt JPEG data (...)`); () = nothing
+    found. Such pixels may be wrong; `read_image(strict=True)` refuses the file instead."""
 
     @property
     def width(self) -> int:
@@ -282,18 +294,21 @@ _MAX_REASON_CHARS = 200
 _FORMAT_NAMES = {"openexr": "EXR", "jpeg": "JPEG", "tiff": "TIFF", "png": "PNG", "dpx": "DPX"}
 
 
-def _error_text(source: Any = None) -> str:
-    """The pending OpenImageIO error of `source` (an ImageInput) or of this thread, as one line.
+def _pending(source: Any = None) -> str:
+    """The pending OpenImageIO error of `source` (an ImageInput) or of this thread; clears it.
 
-    Reading clears it. OIIO's messages may quote bytes of a corrupt header, which its binding
-    fails to decode as UTF-8: those bytes are decoded with `errors="replace"`.
+    OIIO's messages may quote bytes of a corrupt header, which its binding fails to decode as
+    UTF-8: those bytes are decoded with `errors="replace"`.
     """
     try:
-        text = (source if source is not None else _oiio()).geterror()
+        return str((source if source is not None else _oiio()).geterror())
     except UnicodeDecodeError as err:
-        raw = err.object
-        text = bytes(raw).decode("utf-8", errors="replace")
-    return _one_line(text)
+        return bytes(err.object).decode("utf-8", errors="replace")
+
+
+def _error_text(source: Any = None) -> str:
+    """`_pending(source)` as one line."""
+    return _one_line(_pending(source))
 
 
 def _one_line(text: str) -> str:
@@ -319,14 +334,17 @@ def _reading(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: unreadable ({_one_line(str(err)) or 'reader failed'})") from err
 
 
-def _check_png(path: Path) -> None:
-    """Walk a PNG's chunks and check their CRCs before libpng sees the file.
+def _check_png(path: Path) -> list[str]:
+    """Walk a PNG's chunks and check their CRCs before libpng sees the file; the damage found.
 
     libpng prints its errors on stderr itself (two lines for one bad file), so truncated and
-    corrupt PNGs are caught here, with the byte where they go wrong.
+    corrupt PNGs are caught here, with the byte where they go wrong. An ancillary chunk (its
+    first letter lower case: gAMA, tEXt, eXIf) failing its CRC is damage, not an error: libpng
+    skips it without a word and the pixels are intact.
     """
     data = memoryview(path.read_bytes())
     pos = len(_PNG_SIGNATURE)
+    damage: list[str] = []
     while True:
         if pos + 8 > len(data):
             raise InputError(f"{path}: truncated PNG ({len(data)} bytes, no IEND chunk)")
@@ -343,10 +361,111 @@ def _check_png(path: Path) -> None:
             raise InputError(f"{path}: corrupt PNG (first chunk is {name}, not IHDR)")
         crc = int.from_bytes(data[end - 4 : end], "big")
         if zlib.crc32(data[pos + 4 : end - 4]) != crc:
-            raise InputError(f"{path}: corrupt PNG (chunk {name} at byte {pos} fails its CRC)")
+            if not (kind.isalpha() and kind[:1].islower()):
+                raise InputError(f"{path}: corrupt PNG (chunk {name} at byte {pos} fails its CRC)")
+            damage.append(
+                f"corrupt PNG chunk {name} at byte {pos} (fails its CRC; libpng skips it, the "
+                "pixels are intact)"
+            )
         if kind == b"IEND":
-            return
+            return damage
         pos = end
+
+
+_LIBJPEG = "JPEG error: "
+"""How OpenImageIO begins a message of libjpeg's (it ends with the file name in quotes)."""
+_JPEG_WARNINGS = ("Corrupt JPEG data", "Invalid SOS parameters", "Inconsistent progression")
+"""How libjpeg's warnings (JWRN_*) on entropy-coded data it decodes anyway begin."""
+_JPEG_EOF = "Premature end of JPEG file"
+"""libjpeg's warning when the file ends before the image does: a truncated file."""
+_JPEG_METADATA = "Warning: "
+"""How libjpeg's warnings on metadata begin (an unknown JFIF revision): no damage."""
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _message_lines(path: Path, texts: Sequence[str]) -> list[tuple[bool, str]]:
+    """OpenImageIO's messages, one per line: (from libjpeg, the text less OIIO's wrapping)."""
+    lines = []
+    for line in "\n".join(texts).splitlines():
+        line = line.strip()
+        libjpeg = line.startswith(_LIBJPEG)
+        if libjpeg:
+            line = line.removeprefix(_LIBJPEG).removesuffix(f' ("{path}")')
+        if line:
+            lines.append((libjpeg, line))
+    return lines
+
+
+def _jpeg_damage(line: str) -> str:
+    """The damage text of one of libjpeg's messages."""
+    detail = line.removeprefix("Corrupt JPEG data: ")
+    return f"corrupt JPEG data, pixels may be wrong (libjpeg: {detail})"
+
+
+def _read_messages(path: Path, *texts: str) -> tuple[list[str], list[str]]:
+    """(errors, damage) of the messages after a pixel read: only libjpeg's warnings are damage."""
+    errors: list[str] = []
+    damage: list[str] = []
+    for libjpeg, line in _message_lines(path, texts):
+        if libjpeg and line.startswith(_JPEG_WARNINGS):
+            damage.append(_jpeg_damage(line))
+        else:
+            errors.append(line)
+    return errors, damage
+
+
+def _scan_messages(path: Path, *texts: str) -> list[str]:
+    """The damage libjpeg reports reading a JPEG to its end marker; `InputError` if truncated.
+
+    Such a read (a progressive JPEG's open, `_jpeg_tail`) has decoded every pixel already, so
+    anything libjpeg says but the file ending early is damage, not a failed read. Other
+    messages (OpenImageIO's own, on metadata) were never counted at open and are not here.
+    """
+    lines = [line for libjpeg, line in _message_lines(path, texts) if libjpeg]
+    if any(line.startswith(_JPEG_EOF) for line in lines):
+        reason = _one_line("\n".join(lines))
+        raise InputError(f"{path}: truncated or corrupt ({reason})")
+    return [_jpeg_damage(line) for line in lines if not line.startswith(_JPEG_METADATA)]
+
+
+def _jpeg_progressive(path: Path) -> bool:
+    """Whether a JPEG's frame header (SOFn) is progressive; False when none is found."""
+    with path.open("rb") as fh:
+        fh.seek(2)
+        while True:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return False
+            if head[1] == 0xFF:  # a fill byte before the marker
+                fh.seek(-3, os.SEEK_CUR)
+                continue
+            if head[1] in _SOF_ANY:
+                return head[1] in _SOF_PROGRESSIVE
+            if head[1] == 0xDA:  # start of scan: no frame header before it
+                return False
+            fh.seek(int.from_bytes(head[2:4], "big") - 2, os.SEEK_CUR)
+
+
+def _jpeg_tail(path: Path) -> list[str]:
+    """The damage libjpeg finds reading a sequential JPEG's scans to its end marker.
+
+    OpenImageIO stops a sequential JPEG at its last scanline, so data left between the last
+    block and the end marker (libjpeg's "N extraneous bytes before marker 0xd9": a corrupt
+    entropy segment made the decoder finish early, on other pixels) is never looked at. Its
+    raw-coefficient mode (`_jpeg:raw`, which its lossless JPEG copy uses) reads every scan to
+    the end marker without the inverse DCT. A progressive JPEG was read to the end at open.
+    """
+    oiio = _oiio()
+    config = oiio.ImageSpec()
+    config.attribute("_jpeg:raw", 1)
+    inp = oiio.ImageInput.open(str(path), config)
+    if inp is None:
+        return _scan_messages(path, _pending())
+    try:
+        return _scan_messages(path, _pending(inp))
+    finally:
+        inp.close()
 
 
 @lru_cache(maxsize=1)
@@ -373,8 +492,13 @@ def _check_format(path: Path, found: str) -> None:
     raise InputError(f"{path}: a {label} file named .{ext}{better}")
 
 
-def _open(path: Path) -> Any:
-    """An open ImageInput of `path`, or `InputError` naming the file and why not."""
+def _open(path: Path) -> tuple[Any, list[str]]:
+    """An open ImageInput of `path` and the damage found so far, or `InputError` naming the
+    file and why not.
+
+    A progressive JPEG is decoded whole when it is opened: libjpeg's warnings on it are
+    pending then, and taken before seeking the parts clears them.
+    """
     oiio = _oiio()
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -387,8 +511,7 @@ def _open(path: Path) -> Any:
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from err
     if not head:
         raise InputError(f"{path}: empty file (0 bytes)")
-    if head == _PNG_SIGNATURE:
-        _check_png(path)
+    damage = _check_png(path) if head == _PNG_SIGNATURE else []
     _error_text()  # drop an error an earlier call left in this thread
     with _reading(path):
         inp = oiio.ImageInput.open(str(path))
@@ -396,10 +519,12 @@ def _open(path: Path) -> Any:
             raise InputError(f"{path}: cannot open image ({_error_text() or 'unknown format'})")
         try:
             _check_format(path, inp.format_name())
+            if inp.format_name() == "jpeg":
+                damage += _scan_messages(path, _pending(inp))
         except BaseException:
             inp.close()
             raise
-    return inp
+    return inp, damage
 
 
 def _parts(inp: Any) -> list[Any]:
@@ -444,6 +569,9 @@ def read_image(
     path: str | Path,
     channels: Sequence[str] | None = None,
     part: int | str | None = None,
+    *,
+    strict: bool = False,
+    warn: bool = True,
 ) -> ImageData:
     """Read an image into its display window.
 
@@ -451,6 +579,10 @@ def read_image(
         path: EXR (scanline/tiled, multi-part, layered, any compression), PNG, TIFF, JPEG, DPX...
         channels: names to return (in this order); None = all channels of the part.
         part: EXR part index or name; None = the first part with R, G, B (else part 0).
+        strict: refuse a file whose data is damaged but still decodes (`ImageData.damage`:
+            libjpeg's "Corrupt JPEG data" warnings, a PNG ancillary chunk failing its CRC).
+        warn: when not strict, log one warning naming such a file (False: the caller reports
+            `ImageData.damage` itself, e.g. in frame order).
 
     Returns:
         `ImageData` whose `pixels` are float32 (H, W, C) in the display window. Integer files are
@@ -458,21 +590,39 @@ def read_image(
 
     Raises:
         InputError: one line naming the file for a missing, empty, truncated, corrupt,
-            mis-named (a PNG named .exr), deep or volume file, or a folder.
+            mis-named (a PNG named .exr), deep or volume file, or a folder; with `strict`, also
+            for a damaged one.
     """
-    return _read(Path(path), channels, part)[0]
+    image = _read(Path(path), channels, part)[0]
+    if image.damage:
+        _report_damage(image, strict, warn)
+    return image
+
+
+def _report_damage(image: ImageData, strict: bool, warn: bool) -> None:
+    text = "; ".join(image.damage)
+    if strict:
+        raise InputError(f"{image.path}: {text}; refused (strict decoding)")
+    if warn:
+        log.warning("%s: %s; read anyway", image.path, text)
 
 
 def _read(
     path: Path, channels: Sequence[str] | None, part: int | str | None
 ) -> tuple[ImageData, int]:
-    """The image (as `read_image`) and the number of parts in the file."""
-    inp = _open(path)
+    """The image (as `read_image`, its `damage` found but not reported) and its part count."""
+    inp, damage = _open(path)
     try:
         with _reading(path):
-            return _read_open(inp, path, channels, part)
+            image, parts = _read_open(inp, path, channels, part)
     finally:
         inp.close()
+    damage += image.damage
+    if not damage and image.file_format == "jpeg" and not _jpeg_progressive(path):
+        with _reading(path):
+            damage = _jpeg_tail(path)
+    image.damage = tuple(dict.fromkeys(damage))
+    return image, parts
 
 
 def _check_spec(path: Path, spec: Any) -> None:
@@ -514,10 +664,12 @@ def _read_open(
             raise InputError(f"{path}: no channel {missing[0]!r} (has {', '.join(names)})")
     data = inp.read_image(index, 0, 0, spec.nchannels, "float")
     # A truncated file may come back "read", zeros where scanlines are missing, with an error
-    # left pending: any pending error, of the file or of this thread, is a failed read.
-    reason = "; ".join(t for t in (_error_text(inp), _error_text()) if t)
-    if data is None or reason:
-        raise InputError(f"{path}: truncated or corrupt ({reason or 'read failed'})")
+    # left pending: any pending error, of the file or of this thread, is a failed read, except
+    # libjpeg's warnings, after which it decodes every pixel (damage).
+    errors, damage = _read_messages(path, _pending(inp), _pending())
+    if data is None or errors:
+        reason = _one_line("\n".join(errors)) or "read failed"
+        raise InputError(f"{path}: truncated or corrupt ({reason})")
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         data = data[..., None]
@@ -550,6 +702,7 @@ def _read_open(
         or spec.format.size() * 8,
         part=index,
         part_name=spec.get_string_attribute("name"),
+        damage=tuple(damage),
     )
     return image, len(specs)
 
@@ -624,10 +777,15 @@ class FileReport:
     nan_count: int
     inf_count: int
     parts: int
+    damage: tuple[str, ...] = ()
+    """What is wrong with the file though it decoded (`ImageData.damage`)."""
 
 
 def inspect(path: str | Path) -> FileReport:
-    """Read a file fully and describe it; raises `InputError` on anything unreadable."""
+    """Read a file fully and describe it; raises `InputError` on anything unreadable.
+
+    Damage that still decodes is reported in `FileReport.damage`, not logged.
+    """
     path = Path(path)
     img, nparts = _read(path, None, None)
     finite = np.isfinite(img.pixels)
@@ -648,6 +806,7 @@ def inspect(path: str | Path) -> FileReport:
         nan_count=nan_count,
         inf_count=inf_count,
         parts=nparts,
+        damage=img.damage,
     )
 
 

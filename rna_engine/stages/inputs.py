@@ -95,7 +95,8 @@ def resolve_inputs(spec: BuildSpec) -> ResolvedInputs:
 
     Relative paths left in `spec` (a spec built in code) resolve against the current directory,
     as command-line arguments do. Checks: at least two plate frames, the reference frame among
-    them, the ROI file at the reference frame and a holdout file for every plate frame exist.
+    them, the ROI file at the reference frame and a holdout file for every plate frame exist,
+    and the first plate frame reads (undamaged, with `ingest.strict_decode`).
     """
     spec = absolute_paths(spec, Path.cwd())
     plate = io.resolve_sequence(spec.plate, spec.frames)
@@ -117,7 +118,9 @@ def resolve_inputs(spec: BuildSpec) -> ResolvedInputs:
         holdout = io.resolve_sequence(spec.holdout, io.format_frame_range(numbers))
         if io.parse_pattern(spec.holdout) is None:  # one still holdout for every frame
             holdout = {number: Path(spec.holdout) for number in numbers}
-    first = io.read_image(plate[numbers[0]])
+    # Damage is refused here with ingest.strict_decode, else warned about when ingest reads it.
+    strict = spec.settings.ingest.strict_decode
+    first = io.read_image(plate[numbers[0]], strict=strict, warn=False)
     return ResolvedInputs(
         spec, {n: plate[n] for n in numbers}, roi, holdout, first.width, first.height
     )

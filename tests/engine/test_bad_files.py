@@ -2,12 +2,17 @@
 
 Every file here is written by the test: a real EXR, PNG or JPEG cut short at several offsets,
 garbage, a wrong magic number, an empty file, a PNG named .exr, a folder named like a frame and
-an EXR header whose error message is not UTF-8.
+an EXR header whose error message is not UTF-8. Damage that still decodes (issue #35 item 6):
+a JPEG with a flipped bit in its entropy-coded data or bytes its decoder never reaches, a PNG
+ancillary chunk failing its CRC; warned about by name, refused with `strict` / `--strict`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -237,3 +242,216 @@ def test_validate_inputs_names_a_truncated_first_frame(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         prepare(spec)  # resolving and validating the inputs, before any folder is made
     assert str(err.value).startswith(f"{tmp_path / 'plate' / 'plate.1001.exr'}: truncated")
+
+
+# -- damage that still decodes (issue #35 item 6) ------------------------------------------
+
+
+def _jpeg(path: Path, progressive: bool = False) -> Path:
+    """A 64x48 textured JPEG (quality 90), baseline or progressive, written by OpenImageIO."""
+    import OpenImageIO as oiio
+
+    yy, xx = np.mgrid[0:48, 0:64].astype(np.float32)
+    rgb = np.stack([xx / 64, yy / 48, 0.5 + 0.3 * np.sin(xx / 5) * np.cos(yy / 3)], axis=-1)
+    rgb = np.clip(rgb + _rgb(64, 48) * 0.1, 0, 1)
+    spec = oiio.ImageSpec(64, 48, 3, oiio.UINT8)
+    spec.attribute("Compression", "jpeg:90")
+    if progressive:
+        spec.attribute("jpeg:progressive", 1)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec) and out.write_image(rgb) and out.close()
+    return path
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (after the first SOS header)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+
+
+def _flipped_jpeg(folder: Path, progressive: bool) -> tuple[Path, np.ndarray]:
+    """A JPEG with one bit flipped in its entropy-coded data that libjpeg warns about, and the
+    clean file's pixels: the first such flip, walking the data in steps of 7 bytes."""
+    good = _jpeg(folder / "clean.jpg", progressive)
+    clean = io.read_image(good).pixels
+    data = good.read_bytes()
+    path = folder / "plate.0007.jpg"
+    for pos in range(_scan_start(data) + 8, len(data) - 2, 7):
+        blob = bytearray(data)
+        blob[pos] ^= 0x10
+        path.write_bytes(bytes(blob))
+        try:
+            if io.read_image(path, warn=False).damage:
+                return path, clean
+        except InputError:
+            continue
+    raise AssertionError("no flipped bit that libjpeg warns about")
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_clean_jpeg_reads_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, progressive: bool
+) -> None:
+    path = _jpeg(tmp_path / "clean.jpg", progressive)
+    with caplog.at_level(logging.WARNING, logger="rna_engine"):
+        image = io.read_image(path, strict=True)
+    assert image.damage == () and image.pixels.shape == (48, 64, 3)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_corrupt_entropy_segment_is_warned_about_by_name_and_refused_when_strict(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, progressive: bool
+) -> None:
+    path, clean = _flipped_jpeg(tmp_path, progressive)
+    with caplog.at_level(logging.WARNING, logger="rna_engine"):
+        image = io.read_image(path)
+    assert not np.array_equal(image.pixels, clean)  # read, with other pixels
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}: corrupt JPEG data, pixels may be wrong (libjpeg: ")
+    assert lines[0].endswith("; read anyway")
+    with pytest.raises(InputError) as err:
+        io.read_image(path, strict=True)
+    assert str(err.value).startswith(f"{path}: corrupt JPEG data")
+    assert str(err.value).endswith("refused (strict decoding)") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_data_the_decoder_never_reached_is_found(tmp_path: Path, progressive: bool) -> None:
+    # Bytes between the last block and the end marker: OpenImageIO stops a baseline JPEG at its
+    # last scanline, so only the pass that reads to the end marker sees them.
+    data = _jpeg(tmp_path / "clean.jpg", progressive).read_bytes()
+    path = tmp_path / "plate.0003.jpg"
+    path.write_bytes(data[:-2] + bytes(range(1, 101)) + data[-2:])
+    (damage,) = io.read_image(path, warn=False).damage
+    assert re.fullmatch(
+        r"corrupt JPEG data, pixels may be wrong \(libjpeg: \d+ extraneous bytes before "
+        r"marker 0xd9\)",
+        damage,
+    ), damage
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_truncated_jpeg_is_refused_by_name_strict_or_not(
+    tmp_path: Path, progressive: bool, strict: bool
+) -> None:
+    # A progressive JPEG is decoded when opened; its "Premature end of JPEG file" was dropped.
+    data = _jpeg(tmp_path / "clean.jpg", progressive).read_bytes()
+    path = tmp_path / "plate.0004.jpg"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError) as err:
+        io.read_image(path, strict=strict)
+    assert str(err.value) == f"{path}: truncated or corrupt (Premature end of JPEG file)"
+
+
+def test_a_png_ancillary_chunk_failing_its_crc_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _good(tmp_path, "png")
+    data = bytearray(good.read_bytes())
+    gama = data.index(b"gAMA")
+    data[gama + 5] ^= 0x01  # the gamma value: libpng skips the chunk, the pixels are intact
+    path = tmp_path / "plate.0005.png"
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="rna_engine"):
+        image = io.read_image(path)
+    np.testing.assert_array_equal(image.pixels, io.read_image(good).pixels)
+    expected = f"corrupt PNG chunk gAMA at byte {gama - 4} (fails its CRC; libpng skips it"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: {expected}, the pixels are intact); read anyway"
+    ]
+    with pytest.raises(InputError, match=re.escape(f"{path}: {expected}")):
+        io.read_image(path, strict=True)
+
+
+def test_info_lists_a_damaged_frame_and_exits_0(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = _flipped_jpeg(tmp_path, progressive=False)
+    capfd.readouterr()
+    assert main(["info", str(path)]) == 0
+    out, err = capfd.readouterr()
+    assert err == ""  # reported once, in the listing, not logged as well
+    assert f"  warning      {path}: corrupt JPEG data, pixels may be wrong (libjpeg: " in out
+    assert main(["info", str(path), "--json"]) == 0
+    damaged = json.loads(capfd.readouterr().out)["damaged"]
+    assert [d["path"] for d in damaged] == [str(path)]
+
+
+def _jpeg_plate(folder: Path, damaged: int) -> dict:
+    """Three 64x48 JPEG frames, frame `damaged` with data its decoder never reaches, and a
+    build spec for them."""
+    data = _jpeg(folder / "clean.jpg").read_bytes()
+    (folder / "plate").mkdir()
+    for frame in (1, 2, 3):
+        blob = data[:-2] + b"\x01" * 50 + data[-2:] if frame == damaged else data
+        (folder / "plate" / f"plate.{frame:04d}.jpg").write_bytes(blob)
+    roi = np.zeros((48, 64), np.float32)
+    roi[12:36, 16:48] = 1.0
+    io.write_exr(folder / "roi.exr", {"A": roi})
+    return {
+        "plate": str(folder / "plate" / "plate.####.jpg"),
+        "roi": str(folder / "roi.exr"),
+        "reference_frame": 1,
+        "out": str(folder / "cache"),
+        "settings": {
+            "preset": "draft",
+            "ingest": {"working_long_side": 64},
+            "fit": {"pretrain_steps": 0, "iterations": 1, "scale_with_shot": False},
+            "refine": {"iterations": 0},
+        },
+    }
+
+
+def test_build_strict_sets_the_setting_with_options_and_with_a_spec(tmp_path: Path) -> None:
+    from rna_engine.cli import build_parser
+    from rna_engine.commands.build import spec_from_args
+
+    options = ["build", "--plate", "p.####.jpg", "--roi", "r.exr", "--ref", "1"]
+    parse = build_parser().parse_args
+    assert spec_from_args(parse(options)).settings.ingest.strict_decode is False
+    assert spec_from_args(parse([*options, "--strict"])).settings.ingest.strict_decode is True
+    (tmp_path / "spec.json").write_text(json.dumps(_jpeg_plate(tmp_path, damaged=0)))
+    spec = spec_from_args(parse(["build", "--spec", str(tmp_path / "spec.json"), "--strict"]))
+    assert spec.settings.ingest.strict_decode is True
+    assert spec.settings.ingest.working_long_side == 64  # the rest of the spec is kept
+
+
+@pytest.mark.timeout(60)  # a build that did start would run on
+def test_build_strict_exits_2_naming_a_damaged_first_frame(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "spec.json").write_text(json.dumps(_jpeg_plate(tmp_path, damaged=1)))
+    capfd.readouterr()
+    assert main(["build", "--spec", str(tmp_path / "spec.json"), "--strict"]) == 2
+    lines = capfd.readouterr().err.splitlines()
+    culprit = tmp_path / "plate" / "plate.0001.jpg"
+    assert len(lines) == 1 and lines[0].startswith(f"rna-engine: {culprit}: corrupt JPEG data")
+    assert not (tmp_path / "cache").exists()  # refused before anything is written
+
+
+def test_ingest_warns_once_naming_a_damaged_middle_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = spec_from_dict(_jpeg_plate(tmp_path, damaged=2))
+    inputs = resolve_inputs(spec)
+    with caplog.at_level(logging.WARNING, logger="rna_engine"):
+        ingest(inputs, spec.settings.ingest, RunContext(io_workers=2))
+    culprit = tmp_path / "plate" / "plate.0002.jpg"
+    warned = [r.getMessage() for r in caplog.records if "corrupt JPEG" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{culprit}: corrupt JPEG data"), warned
+
+
+def test_build_strict_refuses_a_damaged_middle_frame_and_leaves_no_version_folder(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "spec.json").write_text(json.dumps(_jpeg_plate(tmp_path, damaged=2)))
+    capfd.readouterr()
+    assert main(["build", "--spec", str(tmp_path / "spec.json"), "--strict"]) == 2
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    culprit = tmp_path / "plate" / "plate.0002.jpg"
+    assert last.startswith(f"rna-engine: {culprit}: corrupt JPEG data"), last
+    build_dir = tmp_path / "cache" / "shot"  # made and probed before the plate is read
+    assert build_dir.is_dir() and list(build_dir.iterdir()) == []
