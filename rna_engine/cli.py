@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -60,11 +61,18 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+CRASH_LOG_BYTES = 1 << 20
+"""`crash.log` past this size is moved to `crash.log.1` (replacing it) before the next entry."""
+
+
 def _write_crash_log(exc: BaseException) -> Path | None:
+    """Append the traceback to `$RNA_HOME/logs/crash.log` (at most 2 × `CRASH_LOG_BYTES`)."""
     try:
         logs = rna_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         path = logs / "crash.log"
+        if path.exists() and path.stat().st_size > CRASH_LOG_BYTES:
+            os.replace(path, logs / "crash.log.1")
         with path.open("a") as fh:
             fh.write("".join(traceback.format_exception(exc)))
             fh.write("\n")

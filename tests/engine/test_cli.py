@@ -147,3 +147,28 @@ def test_build_set_takes_several_settings_at_once_and_repeats() -> None:
         "refine": {"iterations": 5},
         "seed": 3,
     }
+
+
+def test_crash_log_is_bounded_and_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rna_engine import cli
+
+    monkeypatch.setenv("RNA_HOME", str(tmp_path))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = "old traceback\n" * (cli.CRASH_LOG_BYTES // 14 + 1)
+    (logs / "crash.log").write_text(old)
+    try:
+        raise RuntimeError("the newest failure")
+    except RuntimeError as err:
+        assert cli._write_crash_log(err) == logs / "crash.log"
+    assert (logs / "crash.log.1").read_text() == old
+    text = (logs / "crash.log").read_text()
+    assert "RuntimeError: the newest failure" in text and "old traceback" not in text
+    try:
+        raise ValueError("a small one")
+    except ValueError as err:
+        cli._write_crash_log(err)  # under the bound: appended, nothing moved
+    assert "RuntimeError" in (logs / "crash.log").read_text()
+    assert (logs / "crash.log.1").read_text() == old
