@@ -30,9 +30,10 @@ class QualityError(InputError):
     code = "quality"
 
 
-class OutputError(InputError):
+class OutputError(InputError, OSError):
     """The cache cannot be written (disk full, read-only, no permission): exit code 2, one line
-    naming the path."""
+    naming the path. Also an `OSError`, so code that outlives a failed write (a heartbeat, a
+    final status) keeps catching it as one."""
 
     code = "output"
 

@@ -302,6 +302,8 @@ def pin_version(spec_path: Path, spec: BuildSpec, reserve: bool = True) -> Build
         raw["version"] = paths.version
         mode = stat.S_IMODE(spec_path.stat().st_mode)
         write_text_atomic(spec_path, json.dumps(raw, indent=2) + "\n", mode)
+    except InputError:  # `OutputError` (an `OSError` too) already names the file
+        raise
     except OSError as err:
         raise InputError(f"{err.filename or spec_path}: cannot write ({err.strerror})") from err
     log.info("%s: pinned cache version v%03d", spec_path.name, paths.version)

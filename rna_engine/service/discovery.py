@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rna_engine.errors import InputError
-from rna_engine.media.cache import atomic_path
+from rna_engine.media.cache import atomic_path, pid_alive
 
 from .protocol import PROTOCOL_VERSION, PeerClosed, encode_frame, read_frame
 
@@ -47,21 +46,6 @@ def write_discovery(path: Path, data: Mapping[str, Any]) -> None:
     with atomic_path(path) as tmp:
         os.chmod(tmp, 0o600)  # before the token is written
         tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs (always True on Windows: the port probe decides there)."""
-    if sys.platform == "win32":
-        return True  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows; the port probe decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def live_engine(path: Path, timeout_s: float = 1.0) -> dict[str, Any] | None:

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rna_engine import __version__
-
-from .discovery import pid_alive
+from rna_engine.media.cache import pid_alive
 
 HEAD_BYTES = 1 << 20
 """The first MiB of a session's log is kept whatever follows."""
