@@ -22,8 +22,10 @@ Presets: `tiny`/`small`/`bench`/`hd`/`uhd` (gentle camera work), and the hard ca
 issue #15 at 768×432×70 — `pan` (the ROI carried across half the frame), `zoomrot` (0.6–1.5×,
 ±20°), `parallax` (ground plane + far wall), `exit` (the ROI leaves the frame and comes back),
 `rest` (`pan` with an occluder resting on the surface, moving with it) —
-each also as `<name>-small` (160×96×16) and `<name>-tiny` (64×48×8) for tests. The hard ones put
-their occluders across the ROI near the ends of the shot and ramp the exposure by one stop.
+and the occluder scenes of issue #34 on the `pan` camera (`OCCLUDER_SCENES`: `fast`, `enter`,
+`beside`, `slow`, `mimic`, `blur`), each also as `<name>-small` (160×96×16) and `<name>-tiny`
+(64×48×8) for tests. The hard ones put their occluders across the ROI near the ends of the shot
+and ramp the exposure by one stop.
 """
 
 from __future__ import annotations
@@ -80,6 +82,23 @@ HARD_MOTIONS: dict[str, dict[str, Any]] = {
         "reference_index": 0,
     },
 }
+OCCLUDER_SCENES: dict[str, dict[str, Any]] = {
+    # Two discs (radius 9 % of the width) crossing the ROI at 9 % of the width per frame, a few
+    # frames either side of the reference.
+    "fast": {"movers": "fast,fast"},
+    # Two discs that are out of the frame (beyond its top edge) at the reference frame.
+    "enter": {"movers": "enter,enter"},
+    # In view at the reference frame but beside the ROI; it moves into it later.
+    "beside": {"movers": "beside"},
+    # Drifts 0.4 reference px per frame against the surface for a quarter of the shot.
+    "slow": {"movers": "slow"},
+    # Textured with the surface's own colours and spectrum, crossing at the shot's ends.
+    "mimic": {"movers": "mimic,mimic"},
+    # `fast` and `enter` with a half-frame shutter and 3 px soft edges.
+    "blur": {"movers": "fast,enter", "shutter": 0.5, "edge_px": 3.0},
+}
+"""The occluder scenes of issue #34, each on the `pan` camera: occluders the matte must find
+without a reference match into or out of the ROI to go on."""
 _SIZES: dict[str, dict[str, Any]] = {
     "": {"width": 768, "height": 432, "frames": 70, "grain": 0.004},
     "-small": {"width": 160, "height": 96, "frames": 16},
@@ -96,9 +115,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         for name, motion in HARD_MOTIONS.items()
         for suffix, size in _SIZES.items()
     },
+    **{
+        name + suffix: {**_HARD_COMMON, **HARD_MOTIONS["pan"], **scene, **size}
+        for name, scene in OCCLUDER_SCENES.items()
+        for suffix, size in _SIZES.items()
+    },
 }
 """Named shots. The hard presets keep their motion as a share of the frame and of the shot, so
 `pan-tiny` pans as far across its 64 px as `pan` across 768 px."""
+
+
+MOVER_KINDS = ("fast", "enter", "beside", "mimic", "slow")
+"""The occluder kinds of `ShotParams.movers`."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +201,28 @@ class ShotParams:
     matches follow the surface, so only their appearance tells them apart (docs/method.md
     §5.2). Drawn over the moving occluders; `visible_layer` numbers them after those."""
 
+    movers: str = ""
+    """Comma-separated kinds of occluder placed by rule (`MOVER_KINDS`), replacing the random
+    ones (`occluders` and `occluders_at_ends` are then unused), alternating sides of the
+    reference: `fast` crosses the ROI at `mover_speed` (default 9 % of the width per frame)
+    relative to it, as near the reference as leaves the ROI clear there; `enter` is beyond the
+    frame's top edge at the reference frame and crosses the ROI later; `beside` is in view at
+    the reference frame next to the ROI and moves into it; `mimic` wears the surface's own
+    texture (another patch of it) and crosses near the shot's ends; `slow` rests on the surface
+    like `resting` but drifts 0.4 reference px per frame against it."""
+    mover_speed: float = 0.0
+    """`fast` movers' speed relative to the ROI, share of the width per frame; 0 = 0.09."""
+    shutter: float = 0.0
+    """Motion blur of the moving occluders: the shutter's open share of a frame (0 = none)."""
+
     def __post_init__(self) -> None:
+        for kind in self.mover_kinds:
+            if kind not in MOVER_KINDS:
+                raise InputError(f"synth mover {kind!r}: not one of {', '.join(MOVER_KINDS)}")
+        if len(self.mover_kinds) > 5:
+            raise InputError("synth: at most 5 movers")
+        if not 0 <= self.shutter <= 1:
+            raise InputError("synth: shutter must be in [0, 1]")
         if self.width < 16 or self.height < 16:
             raise InputError("synth: width and height must be >= 16")
         if self.frames < 2:
@@ -193,6 +242,11 @@ class ShotParams:
         if self.roi_scale <= 0:
             raise InputError("synth: roi_scale must be > 0")
 
+    @property
+    def mover_kinds(self) -> list[str]:
+        """`movers` as a list of kinds."""
+        return [k.strip() for k in self.movers.split(",") if k.strip()]
+
 
 @dataclass
 class _Occluder:
@@ -202,6 +256,8 @@ class _Occluder:
     angle: float
     colour: np.ndarray
     stripes: float
+    texture_offset: np.ndarray | None = None
+    """`mimic`: the (x, row) reference-frame position of the surface patch it wears."""
 
 
 @dataclass
@@ -215,6 +271,14 @@ class _Resting:
     first: int
     last: int
     """Frame indices (inclusive) during which it rests on the surface."""
+    drift: np.ndarray | None = None
+    """(x, row) reference px per frame it slides over the surface (`slow`), from `first`."""
+
+    def anchor_at(self, t: int) -> np.ndarray:
+        """Its centre in reference-frame pixels at frame index t."""
+        if self.drift is None:
+            return self.anchor
+        return self.anchor + self.drift * (t - self.first)
 
 
 @dataclass
@@ -256,7 +320,7 @@ class SynthShot:
         # Occluders cross the ROI at frames away from the reference frame.
         self._occluders: list[_Occluder] = []
         r = self.reference_index
-        for k in range(p.occluders if not p.occluders_at_ends else 0):
+        for k in range(p.occluders if not (p.occluders_at_ends or p.movers) else 0):
             far = [t for t in range(p.frames) if abs(t - r) >= max(1, p.frames // 4)]
             t_cross = float(rng.choice(far)) if far else float(p.frames - 1)
             radii = np.array([w, h]).min() * rng.uniform(0.08, 0.16, 2)
@@ -282,10 +346,15 @@ class SynthShot:
                 )
             )
             del k
-        if p.occluders_at_ends:
+        if p.occluders_at_ends and not p.movers:
             self._occluders = self._occluders_at_ends(rng)
         self._grain_seed = int(rng.integers(0, 2**31))
         self._resting = [self._resting_occluder(rng) for _ in range(p.resting)]
+        for i, kind in enumerate(p.mover_kinds):
+            if kind == "slow":
+                self._resting.append(self._slow_mover(rng))
+            else:
+                self._occluders.append(self._placed_mover(kind, i, rng))
 
     def _resting_occluder(self, rng: np.random.Generator) -> _Resting:
         """One occluder resting on the ROI's surface for a quarter of the shot (at least two
@@ -306,6 +375,76 @@ class SynthShot:
             stripes=float(rng.uniform(0.05, 0.2)),
             first=first,
             last=first + length - 1,
+        )
+
+    def _slow_mover(self, rng: np.random.Generator) -> _Resting:
+        """A `resting` occluder that drifts 0.4 reference px per frame over the surface."""
+        rest = self._resting_occluder(rng)
+        angle = float(rng.uniform(0, 2 * math.pi))
+        rest.drift = 0.4 * np.array([math.cos(angle), math.sin(angle)])
+        # Centred on its anchor half-way through its frames.
+        rest.anchor = rest.anchor - rest.drift * (rest.last - rest.first) / 2
+        return rest
+
+    def _roi_motion(self, t: int, point: np.ndarray) -> np.ndarray:
+        """(dx, dy) frame px per frame of the surface point `point` (reference px) at t."""
+        n = self.params.frames
+        ta, tb = max(t - 1, 0), min(t + 1, n - 1)
+        return (self.frame_xy_of(tb, point) - self.frame_xy_of(ta, point)) / max(tb - ta, 1)
+
+    def _placed_mover(self, kind: str, i: int, rng: np.random.Generator) -> _Occluder:
+        """One occluder of `ShotParams.movers` (kind `fast`, `enter`, `beside` or `mimic`), on
+        the side of the reference given by its index `i` (after it for even `i`, where the shot
+        has frames there)."""
+        p = self.params
+        n, r, w = p.frames, self.reference_index, p.width
+        after = (i % 2 == 0) if 0 < r < n - 1 else r < n - 1
+        sign = 1 if after else -1
+        reach = (n - 1 - r) if after else r
+        target = self._roi_centre + rng.uniform(-0.3, 0.3, 2) * self._roi_radii
+        size = {"fast": 0.09, "enter": 0.07, "beside": 0.06, "mimic": 0.1}[kind] * w
+        radii = size * np.array([1.0, rng.uniform(0.75, 1.0)])
+        clear = float(np.linalg.norm(self._roi_radii)) + radii.max() + 2.0 * p.edge_px + 2.0
+        colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
+        colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+        angle, stripes, offset = float(rng.uniform(0, 3)), float(rng.uniform(0.05, 0.2)), None
+        if kind == "fast":
+            speed = (p.mover_speed or 0.09) * w
+            steps = min(max(1, math.ceil(clear / speed) + 1), max(reach, 1))
+            t_cross = r + sign * steps
+            heading = rng.uniform(-0.5, 0.5) + (0.0 if rng.uniform() < 0.5 else math.pi)
+            cross = self.frame_xy_of(t_cross, target)
+            velocity = self._roi_motion(t_cross, target) + speed * np.array(
+                [math.cos(heading), math.sin(heading)]
+            )
+        elif kind == "enter":
+            t_cross = r + sign * max(1, round(0.6 * reach))
+            cross = self.frame_xy_of(t_cross, target)
+            # Beyond the top edge at the reference frame, moving straight toward the crossing.
+            start = np.array(
+                [cross[0] + rng.uniform(-0.1, 0.1) * w, -radii.max() - 2 * p.edge_px - 2]
+            )
+            velocity = (cross - start) / (t_cross - r)
+        elif kind == "beside":
+            t_cross = r + sign * max(1, round(0.6 * reach))
+            cross = self.frame_xy_of(t_cross, target)
+            # At the reference frame (frame px = reference px) right or left of the ROI, in view.
+            side = 1.0 if self._roi_centre[0] < w / 2 else -1.0
+            gap = self._roi_radii[0] + radii.max() + 2 * p.edge_px + 2
+            start = np.array([self._roi_centre[0] + side * gap, self._roi_centre[1]])
+            start[0] = np.clip(start[0], radii.max(), w - 1 - radii.max())
+            velocity = (cross - start) / (t_cross - r)
+        else:  # mimic: crosses within the outer 40 % of the frames on its side
+            t_cross = r + sign * max(1, round(rng.uniform(0.6, 1.0) * reach))
+            cross = self.frame_xy_of(t_cross, target)
+            heading = float(rng.uniform(0, 2 * math.pi))
+            velocity = self._roi_motion(t_cross, target) + clear / max(2.0, n / 8) * np.array(
+                [math.cos(heading), math.sin(heading)]
+            )
+            # Another patch of the surface, outside the ROI's neighbourhood.
+            offset = self._roi_centre + np.array([2.5, 1.5]) * self._roi_radii
+        return _Occluder(
+            cross - velocity * t_cross, velocity, radii, angle, colour, stripes, offset
         )
 
     def _occluders_at_ends(self, rng: np.random.Generator) -> list[_Occluder]:
@@ -520,7 +659,8 @@ class SynthShot:
         for rest in self._resting:
             if ref_xy is None:
                 ref_xy = self._ref_xy(t)
-            dx, dy = ref_xy[..., 0] - rest.anchor[0], ref_xy[..., 1] - rest.anchor[1]
+            anchor = rest.anchor_at(t)
+            dx, dy = ref_xy[..., 0] - anchor[0], ref_xy[..., 1] - anchor[1]
             ca, sa = math.cos(rest.angle), math.sin(rest.angle)
             u, v = (ca * dx + sa * dy) / rest.radii[0], (-sa * dx + ca * dy) / rest.radii[1]
             dist = (1.0 - np.sqrt(u * u + v * v)) * np.sqrt((rest.radii**2).mean())
@@ -530,17 +670,38 @@ class SynthShot:
             layers.append((rest, a, rest.colour[None, None, :] * stripes[..., None]))
         moving = []
         for occ in self._occluders:
-            c = occ.centre0 + occ.velocity * t
-            dx, dy = xs - c[0], ys - c[1]
-            ca, sa = math.cos(occ.angle), math.sin(occ.angle)
-            u, v = (ca * dx + sa * dy) / occ.radii[0], (-sa * dx + ca * dy) / occ.radii[1]
-            rho = np.sqrt(u * u + v * v)
-            # Signed distance to the ellipse boundary, approximately in pixels.
-            dist = (1.0 - rho) * np.sqrt((occ.radii[0] ** 2 + occ.radii[1] ** 2) / 2)
-            a = np.clip(dist / p.edge_px + 0.5, 0.0, 1.0).astype(np.float32)
-            stripes = 0.75 + 0.25 * np.sin(2 * math.pi * occ.stripes * (ca * dx + sa * dy))
-            moving.append((occ, a, occ.colour[None, None, :] * stripes[..., None]))
+            if p.shutter <= 0:
+                moving.append((occ, *self._mover_at(occ, float(t), xs, ys)))
+                continue
+            # With a shutter, alpha and premultiplied colour are averaged over its open time.
+            offsets = np.linspace(-0.5, 0.5, 5) * p.shutter
+            a = np.zeros((p.height, p.width), np.float32)
+            premult = np.zeros((p.height, p.width, 3), np.float32)
+            for dt in offsets:
+                a_s, col_s = self._mover_at(occ, t + float(dt), xs, ys)
+                a += a_s / len(offsets)
+                premult += col_s * a_s[..., None] / len(offsets)
+            moving.append((occ, a, premult / np.maximum(a, 1e-6)[..., None]))
         return moving + layers
+
+    def _mover_at(
+        self, occ: _Occluder, t: float, xs: np.ndarray, ys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Alpha (H, W) and straight colour (H, W, 3) of moving occluder `occ` at time t."""
+        p = self.params
+        c = occ.centre0 + occ.velocity * t
+        dx, dy = xs - c[0], ys - c[1]
+        ca, sa = math.cos(occ.angle), math.sin(occ.angle)
+        u, v = (ca * dx + sa * dy) / occ.radii[0], (-sa * dx + ca * dy) / occ.radii[1]
+        rho = np.sqrt(u * u + v * v)
+        # Signed distance to the ellipse boundary, approximately in pixels.
+        dist = (1.0 - rho) * np.sqrt((occ.radii[0] ** 2 + occ.radii[1] ** 2) / 2)
+        a = np.clip(dist / p.edge_px + 0.5, 0.0, 1.0).astype(np.float32)
+        if occ.texture_offset is not None:  # the surface's texture, carried rigidly
+            local = np.stack([ca * dx + sa * dy, -sa * dx + ca * dy], -1) + occ.texture_offset
+            return a, self.texture(local.astype(np.float32))
+        stripes = 0.75 + 0.25 * np.sin(2 * math.pi * occ.stripes * (ca * dx + sa * dy))
+        return a, occ.colour[None, None, :] * stripes[..., None]
 
     def _occlusion(self, t: int, ref_xy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
