@@ -3,7 +3,8 @@
     python benchmarks/bench_hard.py --device cuda:0 --out results/hard
     python benchmarks/bench_hard.py --quick --device cpu --out /tmp/hard   # CPU smoke run
 
-For each shot (`pan`, `zoomrot`, `parallax`, `exit`, `bench`; `rest` when `--shots` names it;
+For each shot (`pan`, `zoomrot`, `parallax`, `exit`, `bench`; `rest` and the occluder scenes
+`fast`, `enter`, `beside`, `slow`, `mimic`, `blur` (and their `-small`) when `--shots` names them;
 `--quick`: their `-tiny` variants and tiny build settings) it writes the shot, builds it
 through the user's entry point (`python -m rna_engine build` in a subprocess) and scores every
 frame against the exact truth (`rna_engine.media.metrics`), at plate resolution:

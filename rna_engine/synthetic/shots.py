@@ -248,6 +248,15 @@ class ShotParams:
         return [k.strip() for k in self.movers.split(",") if k.strip()]
 
 
+def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
+    """(3,) a saturated, bright or dark occluder colour: foreground objects rarely share the
+    surface's colours, and the ground truth should not hinge on telling near-identical colours
+    apart (`mimic` is the exception made on purpose)."""
+    colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
+    colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+    return colour
+
+
 @dataclass
 class _Occluder:
     centre0: np.ndarray
@@ -331,10 +340,7 @@ class SynthShot:
             cross_point = self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii
             velocity = direction * speed
             centre0 = cross_point - velocity * t_cross
-            # Saturated, bright or dark: foreground objects rarely share the surface's colours,
-            # and the ground truth should not hinge on telling near-identical colours apart.
-            colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
-            colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+            colour = _saturated_colour(rng)
             self._occluders.append(
                 _Occluder(
                     centre0,
@@ -365,8 +371,7 @@ class SynthShot:
         side = [t for t in range(n) if abs(t - r) >= 0.5 * reach and (t > r) == (n - 1 - r >= r)]
         length = min(max(2, round(n / 4)), len(side))
         first = side[int(rng.integers(0, len(side) - length + 1))]
-        colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
-        colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+        colour = _saturated_colour(rng)
         return _Resting(
             anchor=self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii,
             radii=self._roi_radii * rng.uniform(0.2, 0.3, 2),
@@ -405,8 +410,7 @@ class SynthShot:
         size = {"fast": 0.09, "enter": 0.07, "beside": 0.06, "mimic": 0.1}[kind] * w
         radii = size * np.array([1.0, rng.uniform(0.75, 1.0)])
         clear = float(np.linalg.norm(self._roi_radii)) + radii.max() + 2.0 * p.edge_px + 2.0
-        colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
-        colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+        colour = _saturated_colour(rng)
         angle, stripes, offset = float(rng.uniform(0, 3)), float(rng.uniform(0.05, 0.2)), None
         if kind == "fast":
             speed = (p.mover_speed or 0.09) * w
@@ -466,10 +470,7 @@ class SynthShot:
             target = self._roi_centre + rng.uniform(-0.4, 0.4, 2) * self._roi_radii
             cross_point = self.frame_xy_of(t_cross, target)
             # The ROI's own motion in the frame there: the occluder moves with it plus a crossing.
-            ta, tb = max(t_cross - 1, 0), min(t_cross + 1, n - 1)
-            roi_velocity = (self.frame_xy_of(tb, target) - self.frame_xy_of(ta, target)) / max(
-                tb - ta, 1
-            )
+            roi_velocity = self._roi_motion(t_cross, target)
             edge = self.frame_xy_of(t_cross, self._roi_centre + [self._roi_radii[0], 0.0])
             scale = np.linalg.norm(edge - self.frame_xy_of(t_cross, self._roi_centre)) / max(
                 self._roi_radii[0], 1e-6
@@ -479,8 +480,7 @@ class SynthShot:
             direction /= np.linalg.norm(direction) + 1e-9
             need = scale * np.linalg.norm(self._roi_radii) + radii.max() + 2.0 * p.edge_px + 2
             velocity = roi_velocity + direction * need / window
-            colour = np.full(3, rng.uniform(0.02, 0.08), np.float32)
-            colour[rng.permutation(3)[: rng.integers(1, 3)]] = rng.uniform(0.8, 1.6)
+            colour = _saturated_colour(rng)
             out.append(
                 _Occluder(
                     cross_point - velocity * t_cross,
