@@ -1,11 +1,13 @@
-"""The refinement's evidence of a finished real-clip build against the annotated object.
+"""The refinement's evidence of a finished build against the true occluder, per frame.
 
     python benchmarks/bench_evidence.py --cache <out>/cache/blackswan/v001 --clips <clips>
+    python benchmarks/bench_evidence.py --cache <out>/cache/fast-small/v001 --synth fast-small
 
 Reloads the build's fit checkpoint (`work/fit.ckpt`) and correspondences (`work/`), recomputes
 the refinement's sets (docs/method.md §5.2) on the CPU and scores them per frame at working
-resolution against the clip's object masks (`masks/NNNNN.png`), as shares of the candidate
-set Ω:
+resolution against the clip's object masks (`masks/NNNNN.png`), or with `--synth PRESET` the
+synthetic shot's exact occlusion (alpha ≥ 0.5 inside the tracked ROI), as shares of the
+candidate set Ω:
 
 - `object`: Ω on the object (dilated 1 px);
 - `landing obj / vis`: Ω evidenced as an occluder by the reference landing, on the object and
@@ -14,7 +16,13 @@ set Ω:
 - `theta`: θ_t; `err vis`: median error of the visible surface, tied and untied;
 - `vis tied`: share of the visible surface that a match ties to the surface;
 - `M vis / M obj`: share of visible Ω with M > 0.5 and of the object (eroded 1 px) with
-  M < 0.5, from the checkpoint's (refined) M.
+  M < 0.5, from the checkpoint's (refined) M;
+- per rule, as shares of the object in Ω (eroded 1 px): `O obj` in the final O, `land` a
+  reference match landing outside the ROI, `ref tie` a reference match into the ROI (a false
+  tie), `mot tie` a tie by adjacent motion alone, `>θ` an error above θ_t (tied or not),
+  `carry` added by `evidence.carry_along_flow`; `O vis`: the final O on visible Ω.
+
+`--worst N` prints the N frames with the least of the object in O first.
 
 Tells which rule loses visible surface on which frames, without a device. Not collected by
 pytest. Read-only: the cache is not modified.
@@ -38,6 +46,7 @@ from rna_engine.model.kernels import make_hash_grid  # noqa: E402
 from rna_engine.pipeline import ingest  # noqa: E402
 from rna_engine.runtime.context import RunContext  # noqa: E402
 from rna_engine.settings import spec_from_dict  # noqa: E402
+from rna_engine.stages import evidence  # noqa: E402
 from rna_engine.stages.correspondences import compute_correspondences  # noqa: E402
 from rna_engine.stages.fit import Fitter, ShotTensors  # noqa: E402
 from rna_engine.stages.inputs import resolve_inputs  # noqa: E402
@@ -118,6 +127,13 @@ def score(fitter: Fitter, numbers: list[int], cover: np.ndarray) -> list[dict[st
         ties.error,
         ties.threshold,
     )
+    rs = fitter.problem.refine
+    landing = evidence.reference_landing(
+        shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
+    )
+    before_carry = evidence.refine_sets(
+        cand, err, tied, rs.colour_threshold, theta, elsewhere
+    ).occluder
     h, w = shot.height, shot.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     kernel = np.ones((3, 3), np.uint8)
@@ -158,9 +174,61 @@ def score(fitter: Fitter, numbers: list[int], cover: np.ndarray) -> list[dict[st
                 "vis_tied": share(vis & tied[t], int(vis.sum())),
                 "m_vis": share(vis & (m > 0.5), int(vis.sum())),
                 "m_obj_hidden": share(core & c & (m < 0.5), int((core & c).sum())),
+                **rule_shares(
+                    core & c,
+                    vis,
+                    sets.occluder[t],
+                    landing[t],
+                    tied[t],
+                    err[t] > theta[t],
+                    before_carry[t],
+                ),
             }
         )
     return rows
+
+
+def rule_shares(
+    obj: torch.Tensor,
+    vis: torch.Tensor,
+    occluder: torch.Tensor,
+    landing: torch.Tensor,
+    tied: torch.Tensor,
+    over: torch.Tensor,
+    before_carry: torch.Tensor,
+) -> dict[str, float]:
+    """Which rule covers how much of the object in Ω (`obj`), and the final O on visible Ω."""
+    n = max(int(obj.sum()), 1)
+
+    def of_obj(mask: torch.Tensor) -> float:
+        return round(float((mask & obj).sum()) / n, 3)
+
+    return {
+        "obj_px": int(obj.sum()),
+        "O_obj": of_obj(occluder),
+        "land": of_obj(landing < 0),
+        "ref_tie": of_obj(landing > 0),
+        "mot_tie": of_obj(tied & (landing == 0)),
+        "over_theta": of_obj(over),
+        "carry": of_obj(occluder & ~before_carry),
+        "O_vis": round(float((occluder & vis).sum()) / max(int(vis.sum()), 1), 4),
+    }
+
+
+def synth_cover(preset: str, seed: int, numbers: list[int], size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) float: the synthetic shot's true occluder over the tracked ROI at working size
+    (1 where occlusion ≥ 0.5 and the ROI is tracked; area resampling)."""
+    import cv2
+
+    from rna_engine.synthetic.shots import make_shot
+
+    shot = make_shot(preset, seed=seed)
+    out = []
+    for number in numbers:
+        f = shot.frame(number - shot.params.first_frame)
+        occ = ((f["occlusion"] >= 0.5) & (f["roi_tracked"] > 0.5)).astype(np.float32)
+        out.append(cv2.resize(occ, size, interpolation=cv2.INTER_AREA))
+    return np.stack(out)
 
 
 def main() -> int:
@@ -168,6 +236,9 @@ def main() -> int:
     parser.add_argument("--cache", required=True, help="a build's version folder")
     parser.add_argument("--clips", default=str(ROOT.parent / "shared" / "data" / "clips"))
     parser.add_argument("--clip", default="", help="clip name (default: the build's name)")
+    parser.add_argument("--synth", default="", help="score against this synth preset's truth")
+    parser.add_argument("--seed", type=int, default=0, help="the synth shot's seed")
+    parser.add_argument("--worst", type=int, default=0, help="only the N frames of least O obj")
     parser.add_argument("--json", default="", help="also write the rows here")
     parser.add_argument(
         "--refine", action="append", default=[], metavar="KEY=VALUE", help="refine.KEY override"
@@ -176,9 +247,15 @@ def main() -> int:
     torch.set_grad_enabled(False)
     cache = Path(args.cache)
     fitter, numbers = load_fitter(cache, dict(kv.split("=", 1) for kv in args.refine))
-    name = args.clip or json.loads((cache / "build.json").read_text())["name"]
     size = (fitter.shot.width, fitter.shot.height)
-    rows = score(fitter, numbers, object_masks(Path(args.clips) / name / "masks", numbers, size))
+    if args.synth:
+        cover = synth_cover(args.synth, args.seed, numbers, size)
+    else:
+        name = args.clip or json.loads((cache / "build.json").read_text())["name"]
+        cover = object_masks(Path(args.clips) / name / "masks", numbers, size)
+    rows = score(fitter, numbers, cover)
+    if args.worst:
+        rows = sorted((r for r in rows if r["obj_px"]), key=lambda r: r["O_obj"])[: args.worst]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|---" * len(keys) + "|")
