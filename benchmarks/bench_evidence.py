@@ -61,9 +61,11 @@ def load_fitter(cache: Path, refine: dict[str, str]) -> tuple[Fitter, list[int]]
     return fitter, list(data.frame_numbers)
 
 
-def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tuple[Fitter, Any, Any]:
-    """The build's Fitter with its checkpoint loaded on `device`, its ingested shot and its
-    spec; `refine`: refinement settings to override (name → value)."""
+def load_build(
+    cache: Path, refine: dict[str, str], device: str = "cpu", checkpoint: Path | None = None
+) -> tuple[Fitter, Any, Any]:
+    """The build's Fitter with its checkpoint (or `checkpoint`) loaded on `device`, its
+    ingested shot and its spec; `refine`: refinement settings to override (name → value)."""
     import dataclasses
     import shutil
     import tempfile
@@ -76,6 +78,8 @@ def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tupl
     work = Path(tempfile.mkdtemp(prefix="rna_evidence_"))
     for item in (cache / "work").iterdir():  # a copy: the Fitter may write its checkpoint
         shutil.copy(item, work / item.name)
+    if checkpoint is not None:
+        shutil.copy(checkpoint, work / "fit.ckpt")
     ctx = RunContext(device=device, seed=spec.settings.seed, work_dir=work)
     data = ingest(inputs, spec.settings.ingest, ctx)
     roi = torch.from_numpy(data.roi_working).to(device)
@@ -83,7 +87,7 @@ def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tupl
     corr = compute_correspondences(frames, roi, data.reference_index, spec.settings.flow, ctx)
     shot = ShotTensors(frames, roi, data.reference_index, corr)
     rs = spec.settings.refine
-    over = {k: type(getattr(rs, k))(v) for k, v in refine.items()}
+    over = {k: _typed(getattr(rs, k), v) for k, v in refine.items()}
     backend = spec.settings.fit.encoding_backend
 
     def grid_factory(n_dims: int, grid_settings: Any) -> Any:  # the pipeline's, on `device`
@@ -93,6 +97,13 @@ def load_build(cache: Path, refine: dict[str, str], device: str = "cpu") -> tupl
     if fitter.loop.load() is None:
         raise SystemExit(f"{cache / 'work'}: no usable fit checkpoint")
     return fitter, data, spec
+
+
+def _typed(current: Any, value: str) -> Any:
+    """`value` as the type of the setting's `current` value (booleans from true/false)."""
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    return type(current)(value)
 
 
 def object_masks(masks: Path, numbers: list[int], size: tuple[int, int]) -> np.ndarray:
@@ -132,7 +143,7 @@ def score(fitter: Fitter, numbers: list[int], cover: np.ndarray) -> list[dict[st
         shot.roi, shot.corr.ref, shot.corr.ref_valid.bool(), rs.reference_margin_px
     )
     before_carry = evidence.refine_sets(
-        cand, err, tied, rs.colour_threshold, theta, elsewhere
+        cand, err, tied, rs.colour_threshold, theta, elsewhere, open_px=rs.appearance_open_px
     ).occluder
     h, w = shot.height, shot.width
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")

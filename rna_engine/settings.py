@@ -349,6 +349,20 @@ class RefineSettings:
     """Multiple of `colour_threshold` above which a candidate pixel that no match ties to the
     surface counts as occluded (`evidence.py`). 2 before issue #15: water and foliage on real
     clips miss the atlas by 0.05–0.1."""
+    occluder_floor: float = 1.0
+    """[OURS] Multiple of `colour_threshold` below which the occluder threshold θ_t never
+    falls on a frame anchored by at least 200 reference ties (`evidence.occluder_threshold`);
+    a frame without them (T may have lost the surface there: kite-surf's first frames) keeps
+    `occluded_factor`. An untied candidate whose atlas error is above θ_t is an occluder. At 4
+    (before issue #34) an occluder whose colours are near the surface's (error 0.03–0.09
+    against 0.002 on the visible surface) was let through (`enter-small`: 100 % shown on the
+    worst frame). Together with `appearance_open_px` (docs/method.md §5.2)."""
+    appearance_open_px: int = 1
+    """[OURS] The appearance rule's occluder pixels (error > θ_t, untied) are opened by a
+    (2r+1)² square (`evidence.opened`): an occluder is a region, the atlas's misses on water
+    and glints are speckle. Measured with the floor at 1 (CPU small settings, A/B from one
+    joint fit per shot): blackswan's worst frame 77.4 → 83.3 % visible, kite-surf's 19.7 →
+    30.8 %, no frame of either lower by more than 0.3 points; 0 = off."""
     reference_margin_px: int = 3
     """[OURS] A valid reference match landing farther than this many working pixels outside the
     reference ROI is evidence of an occluder (`evidence.reference_landing`); inside the ROI it
@@ -420,6 +434,14 @@ class MatteSettings:
     uncertain_mask: float = 0.05
     """Mask values within this of 0 or 1 count as decided; values between join the unknown band
     (0..0.5, 0 = binarised band only)."""
+    keep_cores: bool = False
+    """[OURS] Keep the core of every part of the mask's background (an occluder) at least 3 px
+    thick out of the unknown band, inside the ROI (`matte.background_cores`), and drop only
+    slivers of about a working pixel along the ROI's border: an occluder smaller than the
+    band, or whose mask is undecided all over, is otherwise all band, and matting from the
+    sure surface around it paints it over. Off by default: on the CPU small-settings clips it
+    also cut holes in the visible water (kite-surf's worst frame 23.4 → 19.7 %, up to −7
+    points on a frame; docs/method.md §6)."""
     unknown_weight: float = 0.0
     """Trust in the binarised mask inside the band when fitting the guided filter (0..1; 0 =
     fit each window's colour model on the sure pixels only)."""

@@ -116,17 +116,22 @@ def band_radius(band_px: float, scale: float) -> int:
     return max(1, math.ceil(band_px * scale / 2.0 - 1e-6))
 
 
-def make_trimap(mask: Tensor, radius_px: int, uncertain: float = 0.0) -> Tensor:
+def make_trimap(
+    mask: Tensor, radius_px: int, uncertain: float = 0.0, keep: Tensor | None = None
+) -> Tensor:
     """Trimap of a hard-ish mask: 0 sure background, 0.5 unknown, 1 sure foreground.
 
     The unknown band is every pixel within `radius_px` (square neighbourhood) of a pixel of the
     other class after binarising at 0.5 (dilation minus erosion: 2·radius pixels across), plus
-    every pixel where `uncertain < mask < 1 − uncertain`.
+    every pixel where `uncertain < mask < 1 − uncertain`. The pixels of `keep` stay decided
+    (`background_cores`: a small or undecided occluder is not swallowed by the band, where
+    matting from the sure foreground alone around it would paint it over).
 
     Args:
         mask: (H, W) float32 in [0, 1].
         radius_px: half-width of the band, pixels.
         uncertain: mask values within this of 0 or 1 count as decided; 0 disables.
+        keep: (H, W) bool or None, pixels kept out of the band.
 
     Returns:
         (H, W) float32 with values in {0, 0.5, 1}.
@@ -137,8 +142,28 @@ def make_trimap(mask: Tensor, radius_px: int, uncertain: float = 0.0) -> Tensor:
     unknown = _dilate(fg, radius_px) & _dilate(~fg, radius_px)
     if uncertain > 0:
         unknown |= (mask > uncertain) & (mask < 1.0 - uncertain)
+    if keep is not None:
+        unknown &= ~keep
     trimap = fg.to(torch.float32)
     return trimap.masked_fill(unknown, UNKNOWN)
+
+
+def background_cores(fg: Tensor, radius_px: int) -> Tensor:
+    """The background pixels that are deepest in their neighbourhood, (H, W) bool.
+
+    A background pixel's depth is its square (chessboard) distance to the foreground minus 1,
+    counted up to 4·`radius_px`; a core pixel has depth ≥ 1 (the background is at least 3 px
+    across there) and no deeper background pixel within `radius_px`. Every background part
+    at least 3 px thick has one — the centre of a small occluder, the spine of a thin one —
+    while the pixels on the slope toward an edge have a deeper neighbour and stay in the band.
+    """
+    depth = torch.zeros(fg.shape, device=fg.device)
+    grown = fg
+    for _ in range(max(1, 4 * radius_px)):
+        grown = _dilate(grown, 1)
+        depth += (~grown).float()
+    deepest = F.max_pool2d(depth[None, None], 2 * radius_px + 1, stride=1, padding=radius_px)[0, 0]
+    return ~fg & (depth >= 1) & (depth >= deepest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -821,12 +846,15 @@ def _check_inputs(guide_linear: Tensor, mask: Tensor, scale: float) -> None:
         raise ValueError(f"scale must be > 0, got {scale}")
 
 
-def occluder_target(mask: Tensor, roi_tracked: Tensor, radius_px: int) -> Tensor:
+def occluder_target(
+    mask: Tensor, roi_tracked: Tensor, radius_px: int, sliver_px: int | None = None
+) -> Tensor:
     """The mask to matte when the tracked ROI is known: visibility of the surface.
 
     Inside the ROI (roi ≥ 0.5) it is `mask / roi`, except that within `radius_px` of the ROI's
-    border occluded slivers narrower than the band (the fit's mask and the tracked ROI disagree
-    there by a pixel or so) are dropped: there the ROI decides. Outside the ROI it is 1, except
+    border occluded slivers narrower than 2·`sliver_px` + 1 (default `radius_px`: the band;
+    the fit's mask and the tracked ROI disagree there by a pixel or so) are dropped: there the
+    ROI decides. Outside the ROI it is 1, except
     within 2·`radius_px` of an occluded part of the ROI, where it is 0, so an occluder crossing
     the ROI's border makes no false edge along it. The ROI's own border is thus no edge of the
     target: it is not an image edge, and image-guided matting there would follow the texture.
@@ -835,15 +863,17 @@ def occluder_target(mask: Tensor, roi_tracked: Tensor, radius_px: int) -> Tensor
         mask: (H, W) float32 in [0, 1], the fit's mask of the visible ROI.
         roi_tracked: (H, W) float32 in [0, 1], the ROI carried to this frame.
         radius_px: half-width of the trimap's band, pixels.
+        sliver_px: half-width of the slivers dropped along the ROI's border, pixels.
 
     Returns:
         (H, W) float32 in [0, 1].
     """
+    sliver = radius_px if sliver_px is None else sliver_px
     inside = roi_tracked >= 0.5
     visible = (mask / roi_tracked.clamp_min(1e-6)).clamp(0.0, 1.0)
     occluded = inside & (visible < 0.5)
     near_border = inside & _dilate(~inside, radius_px)
-    opened = _dilate(~_dilate(~occluded, radius_px), radius_px)
+    opened = _dilate(~_dilate(~occluded, sliver), sliver)
     occluded = torch.where(near_border, opened & occluded, occluded)
     visible = torch.where(near_border & ~occluded, 1.0, visible)
     grown = _dilate(occluded, 2 * radius_px) & ~inside
@@ -870,8 +900,16 @@ def _matte_before_holdout(
         if roi_tracked.shape != mask.shape:
             raise ValueError(f"roi_tracked {tuple(roi_tracked.shape)} vs mask {tuple(mask.shape)}")
         roi = roi_tracked.to(mask.device, torch.float32).clamp(0.0, 1.0)
-        target = occluder_target(mask, roi, radius)
-    trimap = make_trimap(target, radius, settings.uncertain_mask)
+        # With the cores kept, only slivers of about a working pixel are dropped: an occluder
+        # entering across the ROI's border is a sliver at first.
+        sliver = max(1, radius // 2) if settings.keep_cores else radius
+        target = occluder_target(mask, roi, radius, sliver)
+    keep = None
+    if settings.keep_cores:
+        keep = background_cores(target >= 0.5, radius)
+        if roi is not None:  # outside the ROI the target's 0s only guard its border
+            keep &= roi >= 0.5
+    trimap = make_trimap(target, radius, settings.uncertain_mask, keep)
     alpha = backend(guide_linear, trimap, radius)
     unknown = trimap == UNKNOWN
     if roi is not None:

@@ -208,3 +208,45 @@ def test_a_resting_occluder_that_moves_with_the_surface_is_evidenced_by_its_erro
     assert torch.allclose(
         evidence.occluder_threshold(cand, err, tied, 0.1, 0.95, 1.5, surest=few), mixed
     )
+
+
+def test_a_low_floor_finds_an_occluder_near_the_surface_colour_on_anchored_frames() -> None:
+    # A frame whose surface the atlas explains to < 0.01: an untied disc that misses it by
+    # 0.05 (its colours near the surface's) is an occluder at a floor of ε, not at 4 ε; a
+    # frame without 200 reference ties keeps the loose floor.
+    torch.manual_seed(0)
+    shape = (2, 40, 40)
+    cand = torch.ones(shape, dtype=torch.bool)
+    landing = torch.ones(shape, dtype=torch.int8)
+    landing[1] = 0  # frame 1: no reference tie (T lost the surface there)
+    err = torch.rand(shape) * 0.01
+    disc = torch.zeros(shape, dtype=torch.bool)
+    disc[:, 10:20, 10:20] = True
+    landing[disc] = 0
+    err[disc] = 0.05
+    follows = torch.zeros(shape, dtype=torch.bool)
+    follows[1] = ~disc[1]  # frame 1 is tied by motion, except the disc
+    tied = evidence.surface_ties(landing, follows)
+
+    def occluder(floor: float) -> torch.Tensor:
+        thr = evidence.occluder_threshold(
+            cand, err, tied, floor, 0.95, 1.5, surest=landing > 0, loose_floor=0.1
+        )
+        assert float(thr[1]) == pytest.approx(0.1)  # not anchored: the loose floor
+        return evidence.refine_sets(cand, err, tied, 0.025, thr).occluder
+
+    low = occluder(0.025)
+    assert bool(low[0][disc[0]].all()) and not bool(low[0][~disc[0]].any())
+    assert not bool(low[1].any())
+    assert not bool(occluder(0.1).any())
+
+
+def test_opening_keeps_regions_and_drops_speckle() -> None:
+    mask = torch.zeros(1, 20, 20, dtype=torch.bool)
+    mask[0, 2:8, 2:8] = True  # a region
+    mask[0, 12, 12] = mask[0, 15, 3] = True  # speckle
+    mask[0, 10:12, 15:19] = True  # 2 px thick: gone at r = 1
+    out = evidence.opened(mask, 1)
+    assert torch.equal(out[0, 2:8, 2:8], mask[0, 2:8, 2:8])
+    assert int(out.sum()) == 36
+    assert torch.equal(evidence.opened(mask, 0), mask)

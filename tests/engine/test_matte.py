@@ -135,6 +135,38 @@ def test_trimap_band_straddles_the_binary_edge() -> None:
     assert mt.make_trimap(mask, 2, uncertain=0.0)[2, 3] == 0.0
 
 
+def test_background_cores_keep_each_part_three_px_thick_and_only_its_middle() -> None:
+    fg = torch.ones(20, 40, dtype=torch.bool)
+    yy, xx = torch.meshgrid(torch.arange(20.0), torch.arange(40.0), indexing="ij")
+    fg[((yy - 10) ** 2 + (xx - 8) ** 2) < 16] = False  # a disk of radius 4
+    fg[4:16, 20:22] = False  # 2 px wide: no core
+    fg[4:16, 26:29] = False  # 3 px wide: its middle column
+    cores = mt.background_cores(fg, 2)
+    assert cores[10, 7:10].all() and int(cores[:, :16].sum()) <= 9  # the disk's middle only
+    assert not cores[:, 18:24].any()
+    assert cores[6:14, 27].all() and not cores[:, 26].any() and not cores[:, 28].any()
+    assert not (cores & fg).any()
+
+
+def test_trimap_keeps_an_undecided_occluder_smaller_than_the_band() -> None:
+    mask = torch.ones(20, 24)
+    yy, xx = torch.meshgrid(torch.arange(20.0), torch.arange(24.0), indexing="ij")
+    mask[((yy - 10) ** 2 + (xx - 12) ** 2) < 16] = 0.3  # M undecided over a small occluder
+    swallowed = mt.make_trimap(mask, 2, uncertain=0.05)
+    kept = mt.make_trimap(mask, 2, 0.05, mt.background_cores(mask >= 0.5, 2))
+    assert not (swallowed == 0).any()  # all band: nothing to matte the occluder from
+    assert (kept == 0).sum() >= 3 and kept[10, 12] == 0
+    assert torch.equal(kept[kept != 0], swallowed[kept != 0])
+    # through the matte: a red disk on grey, M undecided over it
+    plate = torch.full((3, 20, 24), 0.18)
+    plate[0][mask < 0.5], plate[1][mask < 0.5] = 0.8, 0.05
+    on = MatteSettings(temporal_weight=0.0, keep_cores=True)
+    off = dataclasses.replace(on, keep_cores=False)
+    disk = mask < 0.5
+    assert float(mt.soft_matte(plate, mask, off, 1.0)[disk].min()) > 0.5  # painted over
+    assert float((mt.soft_matte(plate, mask, on, 1.0)[disk] > 0.5).float().mean()) < 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # Guided filter and closed-form matting
 

@@ -149,9 +149,15 @@ class Refinement:
         tied = evidence.surface_ties(landing, c.follows)
         surest = landing > 0 if rs.threshold_from_reference else None
         err = (c.prediction - shot.frames).abs().mean(1)
-        floor = rs.colour_threshold * rs.occluded_factor
         threshold = evidence.occluder_threshold(
-            c.omega, err, tied, floor, rs.occluded_quantile, rs.occluded_margin, surest=surest
+            c.omega,
+            err,
+            tied,
+            rs.colour_threshold * rs.occluder_floor,
+            rs.occluded_quantile,
+            rs.occluded_margin,
+            surest=surest,
+            loose_floor=rs.colour_threshold * rs.occluded_factor,
         )
         if rs.motion_tie_factor > 0:
             tied = evidence.surface_ties(landing, c.follows, err, threshold, rs.motion_tie_factor)
@@ -167,7 +173,14 @@ class Refinement:
         floor = rs.colour_threshold * rs.occluded_factor
         unsure = None if rs.pull_unexplained else evidence.unexplained(cand, err, tied, floor)
         sets = evidence.refine_sets(
-            cand, err, tied, rs.colour_threshold, ties.threshold, ties.elsewhere, unsure
+            cand,
+            err,
+            tied,
+            rs.colour_threshold,
+            ties.threshold,
+            ties.elsewhere,
+            unsure,
+            rs.appearance_open_px,
         )
         if rs.occluder_carry_steps > 0:
             corr = shot.corr
