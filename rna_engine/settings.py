@@ -361,8 +361,8 @@ class RefineSettings:
     """[OURS] The appearance rule's occluder pixels (error > θ_t, untied) are opened by a
     (2r+1)² square (`evidence.opened`): an occluder is a region, the atlas's misses on water
     and glints are speckle. Measured with the floor at 1 (CPU small settings, A/B from one
-    joint fit per shot): blackswan's worst frame 77.4 → 83.3 % visible, kite-surf's 19.7 →
-    30.8 %, no frame of either lower by more than 0.3 points; 0 = off."""
+    joint fit per shot): blackswan's worst frame 77.4 → 84.0 % visible, kite-surf's 19.7 →
+    32.6 %, no frame of either lower; 0 = off."""
     reference_margin_px: int = 3
     """[OURS] A valid reference match landing farther than this many working pixels outside the
     reference ROI is evidence of an occluder (`evidence.reference_landing`); inside the ROI it
