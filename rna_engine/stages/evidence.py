@@ -74,24 +74,24 @@ def occluder_threshold(
     resting on the surface, whose error would raise the threshold above its own. A frame
     without `min_px` reference ties is not anchored to the reference: its floor is
     `loose_floor` (default `floor`; ε·`occluded_factor`), since where T has lost the surface
-    every candidate misses the atlas. Frames with fewer than `min_px` tied candidates, or
-    `quantile` 0, keep their floor.
+    every candidate misses the atlas. Frames with fewer than `min_px` tied candidates keep
+    their floor; `quantile` 0: `floor` on every frame.
     """
     n = err.shape[0]
-    loose = floor if loose_floor is None else loose_floor
-    out = torch.full((n,), floor if surest is None else loose, device=err.device)
+    out = torch.full((n,), floor, device=err.device)
     if quantile <= 0:
-        return out if surest is None else torch.full_like(out, floor)
+        return out
     for t in range(n):
         sure = err[t][cand[t] & tied[t]]
+        low = floor if surest is None or loose_floor is None else loose_floor
         if surest is not None:
             best = err[t][cand[t] & surest[t]]
             if best.numel() >= min_px:
-                sure = best
-                out[t] = floor
+                sure, low = best, floor
+        out[t] = low
         if sure.numel() >= min_px:
             q = torch.quantile(sure.float()[: 1 << 24], quantile)
-            out[t] = torch.clamp(q * margin, min=float(out[t]))
+            out[t] = torch.clamp(q * margin, min=low)
     return out
 
 
@@ -176,7 +176,7 @@ def opened(mask: Tensor, radius: int) -> Tensor:
     x = mask.float()[:, None]
     x = -F.max_pool2d(-x, k, stride=1, padding=radius)
     x = F.max_pool2d(x, k, stride=1, padding=radius)
-    return (x[:, 0] > 0.5) & mask
+    return x[:, 0] > 0.5
 
 
 def unexplained(cand: Tensor, err: Tensor, tied: Tensor, floor: float) -> Tensor:

@@ -513,3 +513,17 @@ def test_matte_settings_validate_new_fields() -> None:
         MatteSettings(uncertain_mask=0.5)
     assert math.isclose(MatteSettings().temporal_tolerance, 0.2)
     assert np.isfinite(MatteSettings().closed_form_eps)
+
+
+def test_a_narrower_sliver_width_keeps_an_occluder_entering_across_the_roi_border() -> None:
+    roi = torch.zeros(20, 30)
+    roi[4:16, 5:25] = 1.0
+    mask = roi.clone()
+    mask[4:16, 5:8] = 0.0  # a 3 px wide occluder entering across the ROI's left border
+    mask[4:16, 24] = 0.0  # a 1 px disagreement along the right border
+    dropped = mt.occluder_target(mask, roi, 2)
+    kept = mt.occluder_target(mask, roi, 2, sliver_px=1)
+    # within the band of the border, narrower than the band: the ROI decides
+    assert bool((dropped[4:16, 5:7] == 1.0).all())
+    assert bool((kept[6:14, 5:8] == 0.0).all())
+    assert bool((kept[4:16, 24] == 1.0).all())  # a 1 px sliver is still dropped
